@@ -1,0 +1,19 @@
+"""Drivers: the SVI fit loop, vectorised prediction, checkpoints, deterministic training, the CLI."""
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .fit import FitResult, fit
+from .kl_weight import KLWeight, linear_kl_schedule
+from .predict import log_predictive_density, pointwise_log_likelihood, posterior_draws, predict
+
+__all__ = [
+    "FitResult",
+    "KLWeight",
+    "fit",
+    "linear_kl_schedule",
+    "load_checkpoint",
+    "log_predictive_density",
+    "pointwise_log_likelihood",
+    "posterior_draws",
+    "predict",
+    "save_checkpoint",
+]

@@ -1,0 +1,169 @@
+r"""A Bayesian linear layer whose weight is the product of two random factors, :math:`W = A B^\top`.
+
+Model: :math:`A \sim p_A` on :math:`\mathbb R^{m\times r}`, :math:`B \sim p_B` on :math:`\mathbb R^{n\times r}`,
+:math:`b \sim p_b` on :math:`\mathbb R^m`, and :math:`y = x W^\top + b = (x B) A^\top + b`. A, B and the bias are one
+Pyro sample site each (``to_event``), never one site per entry. The forward pass evaluates ``(x @ B) @ A.T`` at cost
+batch * r * (m + n) instead of forming W (batch * m * n + m * n * r); it forms W only when that is cheaper (full rank
+and large batches).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pyro.nn import PyroModule, PyroSample
+from torch import nn
+
+from pyro_lowrank._validation import check_last_dim, check_positive, check_positive_int, check_rank
+from pyro_lowrank.distributions import FactorPrior, GaussianPrior, LowRankMatrixNormal
+from pyro_lowrank.guides.init import FactorInit, svd_init, variance_matching_init
+
+__all__ = ["LowRankLinear", "factored_is_cheaper"]
+
+
+def factored_is_cheaper(batch: int, out_features: int, in_features: int, rank: int) -> bool:
+    """Whether ``(x B) A^T`` (batch r (m+n) multiply-adds) beats forming W (m n r + batch m n)."""
+    return batch * rank * (out_features + in_features) <= out_features * in_features * (rank + batch)
+
+
+def _prior_a(layer: "LowRankLinear"):
+    return layer.prior((layer.out_features, layer.rank))
+
+
+def _prior_b(layer: "LowRankLinear"):
+    return layer.prior((layer.in_features, layer.rank))
+
+
+def _prior_bias(layer: "LowRankLinear"):
+    return layer.prior((layer.out_features,))
+
+
+class LowRankLinear(PyroModule):
+    r"""Low-rank Bayesian linear layer, ``y = x (A B^T)^T + bias``, with sample sites ``A``, ``B`` and ``bias``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        n and m.
+    rank : int
+        r in [1, min(m, n)].
+    bias : bool
+        Whether to add a Bayesian bias (one site of shape ``(m,)``).
+    prior : FactorPrior, optional
+        Prior of every factor and bias entry; default ``GaussianPrior(prior_scale)``. Its constants are buffers.
+    prior_scale : float
+        Standard deviation of the default Gaussian prior.
+    gain : float
+        Target weight variance gain/in_features for the variance-matching init (2 = He, for ReLU).
+    init_scale_factor : float
+        eta: the guide's initial standard deviation is eta * s, s the factor entry scale of the init.
+
+    Notes
+    -----
+    Inputs of shape ``(..., n)`` work with factors carrying leading particle dimensions (vectorised ELBO particles or
+    ``Predictive(parallel=True)``): the factors' batch dimensions broadcast against the input's leading dimensions.
+    The initial factor means live in the buffers ``a_init`` and ``b_init`` (and ``bias_init``); guides read them
+    through :func:`pyro_lowrank.guides.init_to_factors`.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        bias: bool = True,
+        prior: FactorPrior | None = None,
+        prior_scale: float = 1.0,
+        gain: float = 2.0,
+        init_scale_factor: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        self.rank = check_rank(rank, out_features, in_features)
+        check_positive(init_scale_factor, "init_scale_factor")
+        if prior is None:
+            prior = GaussianPrior(prior_scale)
+        if not isinstance(prior, nn.Module) or not callable(prior):
+            raise TypeError(f"prior must be a FactorPrior module (shape -> distribution), got {type(prior).__name__}")
+        self.prior = prior
+        self.init_scale_factor = float(init_scale_factor)
+        self.A = PyroSample(_prior_a)
+        self.B = PyroSample(_prior_b)
+        self.bias = PyroSample(_prior_bias) if bias else None
+        self.register_buffer("a_init", torch.empty(out_features, self.rank))
+        self.register_buffer("b_init", torch.empty(in_features, self.rank))
+        self.register_buffer("bias_init", torch.zeros(out_features) if bias else None)
+        self.set_factor_init(variance_matching_init(out_features, in_features, self.rank, gain))
+
+    # ------------------------------------------------------------------ initialisation
+    def set_factor_init(self, init: FactorInit, bias: torch.Tensor | None = None) -> None:
+        """Set the initial factor means (and optionally the bias) that guides start from."""
+        for name, value, expected in (
+            ("a_loc", init.a_loc, self.a_init.shape),
+            ("b_loc", init.b_loc, self.b_init.shape),
+        ):
+            if value.shape != expected:
+                raise ValueError(f"init.{name} must have shape {tuple(expected)}, got {tuple(value.shape)}")
+        with torch.no_grad():
+            self.a_init.copy_(init.a_loc)
+            self.b_init.copy_(init.b_loc)
+            if bias is not None and self.bias_init is not None:
+                self.bias_init.copy_(bias.detach().reshape(self.bias_init.shape))
+        self.init_scale = self.init_scale_factor * init.entry_scale
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, rank: int, **kwargs: Any) -> "LowRankLinear":
+        r"""SVD-initialised layer from a trained ``nn.Linear``: :math:`\mu_A\mu_B^\top` is its best rank-r
+        approximation and the bias mean is its bias. ``kwargs`` go to the constructor (``prior``, ...)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
+        layer = cls(linear.in_features, linear.out_features, rank, bias=linear.bias is not None, **kwargs)
+        layer = layer.to(dtype=linear.weight.dtype, device=linear.weight.device)
+        layer.set_factor_init(svd_init(linear.weight, layer.rank), linear.bias)
+        return layer
+
+    def initial_values(self) -> dict[str, torch.Tensor]:
+        """Initial means of this layer's sites, keyed by full Pyro site name (read by guides)."""
+        values = {self.site_name("A"): self.a_init, self.site_name("B"): self.b_init}
+        if self.bias_init is not None:
+            values[self.site_name("bias")] = self.bias_init
+        return values
+
+    def initial_scales(self) -> dict[str, float]:
+        """Initial guide standard deviations of this layer's sites, ``init_scale_factor * s``."""
+        return {name: self.init_scale for name in self.initial_values()}
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (A B^T)^T + bias`` for ``x`` of shape ``(..., in_features)``; returns ``(..., out_features)``."""
+        check_last_dim(x, self.in_features, "x", f"LowRankLinear(in_features={self.in_features})")
+        a, b = self.A, self.B
+        batch = x.numel() // self.in_features
+        if factored_is_cheaper(batch, self.out_features, self.in_features, self.rank):
+            out = (x @ b) @ a.transpose(-1, -2)
+        else:
+            out = x @ (a @ b.transpose(-1, -2)).transpose(-1, -2)
+        if self.bias is not None:
+            bias = self.bias
+            out = out + (bias.unsqueeze(-2) if x.dim() > 1 else bias)
+        return out
+
+    # ------------------------------------------------------------------ posterior
+    def site_name(self, name: str) -> str:
+        """Full Pyro site name of ``"A"``, ``"B"`` or ``"bias"`` for this layer (e.g. ``"layers.0.A"``)."""
+        return self._pyro_get_fullname(name)
+
+    def weight_posterior(self, guide: Any) -> LowRankMatrixNormal:
+        """q_W = T#(q_A x q_B) read from a trained mean-field guide (FactorGuide, AutoNormal, AutoDiagonalNormal)."""
+        return LowRankMatrixNormal.from_guide(guide, self._pyro_name)
+
+    def num_variational_parameters(self) -> int:
+        """Learned numbers of a mean-field guide over this layer: 2 r (m + n) plus 2 m for the bias."""
+        count = 2 * self.rank * (self.in_features + self.out_features)
+        return count + (2 * self.out_features if self.bias is not None else 0)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+                f"bias={self.bias is not None}")
