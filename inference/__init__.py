@@ -3,7 +3,7 @@
 from .checkpoint import load_checkpoint, save_checkpoint
 from .fit import FitResult, fit
 from .kl_weight import KLWeight, linear_kl_schedule
-from .predict import log_predictive_density, pointwise_log_likelihood, posterior_draws, predict
+from .predict import log_predictive_density, max_plate_nesting, pointwise_log_likelihood, predict, vectorized_traces
 
 __all__ = [
     "FitResult",
@@ -13,7 +13,8 @@ __all__ = [
     "load_checkpoint",
     "log_predictive_density",
     "pointwise_log_likelihood",
-    "posterior_draws",
+    "max_plate_nesting",
     "predict",
     "save_checkpoint",
+    "vectorized_traces",
 ]

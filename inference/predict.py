@@ -13,19 +13,60 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
+import pyro
+import pyro.poutine as poutine
 import torch
-from pyro.infer import Predictive
 
 from pyro_lowrank._validation import check_positive_int
 
-__all__ = ["log_predictive_density", "pointwise_log_likelihood", "posterior_draws", "predict"]
+__all__ = ["log_predictive_density", "max_plate_nesting", "pointwise_log_likelihood", "predict", "vectorized_traces"]
+
+_DRAWS = "_num_predictive_samples"
 
 
-def posterior_draws(guide: Callable, *args: Any, num_samples: int, **kwargs: Any) -> dict[str, torch.Tensor]:
-    """S joint draws of every latent site from the guide, in one vectorised pass: ``{site: (S, *site_shape)}``."""
+def max_plate_nesting(model: Callable, *args: Any, **kwargs: Any) -> int:
+    """Depth of the model's plate stack, read off one (blocked, gradient-free) trace that leaves the RNG untouched."""
+    with torch.no_grad(), poutine.block(), torch.random.fork_rng(devices=[]):
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    dims = [-frame.dim for site in trace.nodes.values() if site["type"] == "sample"
+            for frame in site["cond_indep_stack"] if frame.vectorized]
+    return max(dims, default=0)
+
+
+def vectorized_traces(
+    model: Callable,
+    guide: Callable,
+    inputs: Sequence[tuple[tuple, dict]],
+    num_samples: int,
+) -> list[poutine.Trace]:
+    """Draw S guide samples once, inside a plate over draws, and replay the model on each ``(args, kwargs)``.
+
+    The plate sits left of the model's plates (dim ``-max_plate_nesting - 1``), so the guide's sites get shape
+    ``(S, 1, ..., *site_shape)`` and broadcast through the model; every input chunk sees the same S draws.
+    """
     check_positive_int(num_samples, "num_samples")
-    with torch.no_grad():
-        return Predictive(guide, num_samples=num_samples, parallel=True)(*args, **kwargs)
+    first_args, first_kwargs = inputs[0]
+    depth = max_plate_nesting(model, *first_args, **first_kwargs)
+    traces = []
+    with torch.no_grad(), pyro.plate(_DRAWS, num_samples, dim=-depth - 1):
+        guide_trace = poutine.trace(guide).get_trace(*first_args, **first_kwargs)
+        for args, kwargs in inputs:
+            traces.append(poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs))
+    return traces
+
+
+def _per_draw(site: dict, num_samples: int) -> torch.Tensor:
+    """A site's value as ``(S, *plate_sizes, *event_shape)``: singleton dimensions of absent plates dropped."""
+    value = site["value"]
+    event_dim = site["fn"].event_dim
+    batch = value.shape[: value.dim() - event_dim]
+    plate_dims = {frame.dim for frame in site["cond_indep_stack"] if frame.vectorized and frame.name != _DRAWS}
+    kept = tuple(size for pos, size in zip(range(-len(batch), 0), batch) if pos in plate_dims)
+    draws = next((f for f in site["cond_indep_stack"] if f.name == _DRAWS), None)
+    if draws is None or len(batch) < -draws.dim:  # the value does not vary over the draws
+        value = value.reshape(kept + value.shape[value.dim() - event_dim:])
+        return value.expand((num_samples,) + value.shape)
+    return value.reshape((num_samples,) + kept + value.shape[value.dim() - event_dim:])
 
 
 def predict(
@@ -34,7 +75,7 @@ def predict(
     x: torch.Tensor,
     num_samples: int = 100,
     *,
-    return_sites: Sequence[str] | None = ("f",),
+    return_sites: Sequence[str] = ("f",),
     batch_size: int | None = None,
     **model_kwargs: Any,
 ) -> dict[str, torch.Tensor]:
@@ -48,28 +89,30 @@ def predict(
         Inputs, first dimension N.
     num_samples : int
         S, the number of posterior draws.
-    return_sites : sequence of str, optional
-        Sites to return (default the network output ``"f"`` of the library's models); ``None`` returns
-        :class:`~pyro.infer.Predictive`'s default (all sample sites).
+    return_sites : sequence of str
+        Sites to return (default the network output ``"f"`` of the library's models; ``"obs"`` gives draws of y).
     batch_size : int, optional
         Evaluate the inputs in chunks of this size, reusing the same S draws for every chunk (bounded memory).
 
     Returns
     -------
     dict
-        ``{site: tensor of shape (S, N, ...)}``, in ``torch.no_grad()``.
+        ``{site: tensor of shape (S, N, ...)}``, computed under ``torch.no_grad()``.
     """
     check_positive_int(num_samples, "num_samples")
     n = x.shape[0]
     chunk = n if batch_size is None else check_positive_int(batch_size, "batch_size")
-    sites = None if return_sites is None else list(return_sites)
-    with torch.no_grad():
-        draws = posterior_draws(guide, x[:chunk], num_samples=num_samples, **model_kwargs)
-        predictive = Predictive(model, posterior_samples=draws, parallel=True, return_sites=sites)
-        pieces = [predictive(x[start : start + chunk], **model_kwargs) for start in range(0, n, chunk)]
-    if len(pieces) == 1:
-        return pieces[0]
-    return {name: torch.cat([piece[name] for piece in pieces], dim=1) for name in pieces[0]}
+    inputs = [((x[start : start + chunk],), model_kwargs) for start in range(0, n, chunk)]
+    traces = vectorized_traces(model, guide, inputs, num_samples)
+    missing = [name for name in return_sites if name not in traces[0].nodes]
+    if missing:
+        sites = [name for name, site in traces[0].nodes.items() if site["type"] == "sample"]
+        raise ValueError(f"return_sites {missing} are not sites of the model; its sites are {sites}")
+    out = {}
+    for name in return_sites:
+        pieces = [_per_draw(trace.nodes[name], num_samples) for trace in traces]
+        out[name] = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+    return out
 
 
 def pointwise_log_likelihood(
@@ -87,31 +130,25 @@ def pointwise_log_likelihood(
     Summed over every observed site; the data dimension is that of the plate named ``data_plate`` (all other batch
     dimensions are summed out).
     """
-    check_positive_int(num_samples, "num_samples")
-    with torch.no_grad():
-        draws = posterior_draws(guide, x, y, num_samples=num_samples, **model_kwargs)
-        predictive = Predictive(model, posterior_samples=draws, parallel=True)
-        trace = predictive.get_vectorized_trace(x, y, **model_kwargs)
-        total = None
-        for name, site in trace.nodes.items():
-            # latent sites are observed here too (conditioned on the guide's draws): skip them
-            if site["type"] != "sample" or not site["is_observed"] or name in draws:
-                continue
-            if site["infer"].get("_deterministic"):
-                continue
-            if type(site["fn"]).__name__ == "_Subsample":
-                continue
-            log_prob = site["fn"].log_prob(site["value"])
-            dims = {frame.name: frame.dim for frame in site["cond_indep_stack"]}
-            particle_dim = log_prob.dim() + dims["_num_predictive_samples"]
-            keep = [particle_dim]
-            if data_plate in dims:
-                keep.append(log_prob.dim() + dims[data_plate])
-            summed = [d for d in range(log_prob.dim()) if d not in keep]
-            log_prob = log_prob.sum(summed) if summed else log_prob
-            if log_prob.dim() == 1:
-                log_prob = log_prob.unsqueeze(-1)
-            total = log_prob if total is None else total + log_prob
+    (trace,) = vectorized_traces(model, guide, [((x, y), model_kwargs)], num_samples)
+    total = None
+    for site in trace.nodes.values():
+        if site["type"] != "sample" or not site["is_observed"] or site["infer"].get("_deterministic"):
+            continue
+        if type(site["fn"]).__name__ == "_Subsample":
+            continue
+        log_prob = site["fn"].log_prob(site["value"])
+        dims = {frame.name: frame.dim for frame in site["cond_indep_stack"]}
+        log_prob = log_prob.reshape((1,) * max(0, -dims[_DRAWS] - log_prob.dim()) + log_prob.shape)
+        keep = [log_prob.dim() + dims[_DRAWS]]
+        if data_plate in dims:
+            keep.append(log_prob.dim() + dims[data_plate])
+        summed = [d for d in range(log_prob.dim()) if d not in keep]
+        log_prob = log_prob.sum(summed) if summed else log_prob
+        log_prob = log_prob.expand(num_samples, *log_prob.shape[1:])
+        if log_prob.dim() == 1:
+            log_prob = log_prob.unsqueeze(-1)
+        total = log_prob if total is None else total + log_prob
     if total is None:
         raise ValueError("the model has no observed sample site: pass y so that the likelihood is observed")
     return total
@@ -129,4 +166,3 @@ def log_predictive_density(
     predictive NLL."""
     log_lik = pointwise_log_likelihood(model, guide, x, y, num_samples, **kwargs)
     return torch.logsumexp(log_lik, dim=0) - math.log(log_lik.shape[0])
-

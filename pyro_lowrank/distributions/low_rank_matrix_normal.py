@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from pyro.distributions import Normal, TorchDistribution
+from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
 from torch.distributions import constraints, kl_divergence
 from torch.distributions.utils import _standard_normal
 
@@ -339,17 +340,17 @@ class LowRankMatrixNormal(TorchDistribution):
         if missing:
             sites = [n for n, s in guide.prototype_trace.nodes.items() if s["type"] == "sample"]
             raise ValueError(f"site_prefix={site_prefix!r}: guide has no sites {missing}; its sample sites are {sites}")
-        if hasattr(guide, "_get_loc_and_scale"):
+        if isinstance(guide, AutoNormal):  # includes FactorGuide
             (a_loc, a_scale), (b_loc, b_scale) = (guide._get_loc_and_scale(name) for name in names)
-        elif hasattr(guide, "_loc_scale") and hasattr(guide, "_unpack_latent"):
+        elif isinstance(guide, AutoDiagonalNormal):
             loc, scale = guide._loc_scale()
             locs = {site["name"]: value for site, value in guide._unpack_latent(loc)}
             scales = {site["name"]: value for site, value in guide._unpack_latent(scale)}
             (a_loc, a_scale), (b_loc, b_scale) = ((locs[name], scales[name]) for name in names)
         else:
             raise TypeError(
-                "from_guide supports FactorGuide, AutoNormal and AutoDiagonalNormal (mean-field Gaussian guides), "
-                f"got {type(guide).__name__}"
+                "from_guide supports FactorGuide, AutoNormal and AutoDiagonalNormal (mean-field Gaussian guides); a "
+                f"correlated or non-Gaussian guide does not induce this pushforward, got {type(guide).__name__}"
             )
         return cls(a_loc.detach(), a_scale.detach(), b_loc.detach(), b_scale.detach())
 

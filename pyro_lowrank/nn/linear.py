@@ -13,18 +13,70 @@ from typing import Any
 
 import torch
 from pyro.nn import PyroModule, PyroSample
+from pyro.poutine.runtime import get_plates
 from torch import nn
 
 from pyro_lowrank._validation import check_last_dim, check_positive, check_positive_int, check_rank
 from pyro_lowrank.distributions import FactorPrior, GaussianPrior, LowRankMatrixNormal
 from pyro_lowrank.guides.init import FactorInit, svd_init, variance_matching_init
 
-__all__ = ["LowRankLinear", "factored_is_cheaper"]
+__all__ = ["LowRankLinear", "align_to_plates", "factor_matmul", "factored_is_cheaper"]
 
 
 def factored_is_cheaper(batch: int, out_features: int, in_features: int, rank: int) -> bool:
     """Whether ``(x B) A^T`` (batch r (m+n) multiply-adds) beats forming W (m n r + batch m n)."""
     return batch * rank * (out_features + in_features) <= out_features * in_features * (rank + batch)
+
+
+def align_to_plates(value: torch.Tensor, event_dim: int) -> torch.Tensor:
+    """Give a global site's value the batch rank of the active plate stack by padding singletons on the right.
+
+    Under vectorisation (``Trace_ELBO(vectorize_particles=True)``, ``Predictive(parallel=True)``) a global site must
+    have batch shape ``(S, 1, ..., 1)`` with its draws at the outermost plate's dimension. Pyro's ``Predictive``
+    reshapes posterior samples ignoring event dimensions, so matrix-valued sites arrive as ``(S, m, r)``; this puts
+    their draws back at the outermost plate dimension. Values that already have the full rank pass unchanged.
+    """
+    depth = max((-frame.dim for frame in get_plates() if frame.vectorized and frame.dim is not None), default=0)
+    batch_dim = value.dim() - event_dim
+    if 0 < batch_dim < depth:
+        value = value.reshape(value.shape[:batch_dim] + (1,) * (depth - batch_dim) + value.shape[batch_dim:])
+    return value
+
+
+def factor_matmul(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    r"""``x (A B^T)^T`` for ``x`` of shape ``bx + (n,)`` and factors of shapes ``bw + (m, r)``, ``bw + (n, r)``.
+
+    The result has shape ``broadcast(bx, bw) + (m,)``: each input vector meets the factors of its own batch entry.
+    For speed, the trailing input batch dimensions against which the factors are constant (size 1 or absent in
+    ``bw``) are folded into the rows of one matrix product, so the usual cases, no particles or vectorised particles
+    ``bw = (P, 1)`` with inputs ``(N, n)``, run as (batched) GEMMs ``(N, n) @ (n, r)`` and never materialise
+    per-datum copies of the factors. W is formed only when :func:`factored_is_cheaper` says it pays.
+    """
+    n = x.shape[-1]
+    m, r = a.shape[-2:]
+    bx = x.shape[:-1]
+    bw = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    length = max(len(bw), len(bx))
+    padded = (1,) * (length - len(bw)) + tuple(bw)
+    k = 0  # trailing input batch dims the factors do not vary over
+    while k < len(bx) and padded[length - 1 - k] == 1:
+        k += 1
+    tail = tuple(bx[len(bx) - k:])
+    rows = 1
+    for size in tail:
+        rows *= size
+    x2 = x.reshape(tuple(bx[: len(bx) - k]) + (rows, n))
+
+    def strip(t: torch.Tensor) -> torch.Tensor:
+        tb = (1,) * (length - (t.dim() - 2)) + tuple(t.shape[:-2])
+        return t.reshape(tb[: length - k] + tuple(t.shape[-2:]))
+
+    a2, b2 = strip(a), strip(b)
+    if factored_is_cheaper(x2.numel() // max(n, 1), m, n, r):
+        out = (x2 @ b2) @ a2.transpose(-1, -2)
+    else:
+        out = x2 @ (a2 @ b2.transpose(-1, -2)).transpose(-1, -2)
+    return out.reshape(out.shape[:-2] + tail + (m,))
 
 
 def _prior_a(layer: "LowRankLinear"):
@@ -137,23 +189,21 @@ class LowRankLinear(PyroModule):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (A B^T)^T + bias`` for ``x`` of shape ``(..., in_features)``; returns ``(..., out_features)``."""
+        """``x (A B^T)^T + bias`` for ``x`` of shape ``(..., in_features)``; returns ``(..., out_features)``.
+
+        The factors' batch dimensions (particles, plates) broadcast against ``x.shape[:-1]``, right-aligned, as for
+        any Pyro sample: factors of batch shape ``(P, 1)`` and ``x`` of shape ``(N, n)`` give ``(P, N, m)``.
+        """
         check_last_dim(x, self.in_features, "x", f"LowRankLinear(in_features={self.in_features})")
-        a, b = self.A, self.B
-        batch = x.numel() // self.in_features
-        if factored_is_cheaper(batch, self.out_features, self.in_features, self.rank):
-            out = (x @ b) @ a.transpose(-1, -2)
-        else:
-            out = x @ (a @ b.transpose(-1, -2)).transpose(-1, -2)
+        out = factor_matmul(x, align_to_plates(self.A, 2), align_to_plates(self.B, 2))
         if self.bias is not None:
-            bias = self.bias
-            out = out + (bias.unsqueeze(-2) if x.dim() > 1 else bias)
+            out = out + align_to_plates(self.bias, 1)
         return out
 
     # ------------------------------------------------------------------ posterior
     def site_name(self, name: str) -> str:
         """Full Pyro site name of ``"A"``, ``"B"`` or ``"bias"`` for this layer (e.g. ``"layers.0.A"``)."""
-        return self._pyro_get_fullname(name)
+        return f"{self._pyro_name}.{name}" if self._pyro_name else name
 
     def weight_posterior(self, guide: Any) -> LowRankMatrixNormal:
         """q_W = T#(q_A x q_B) read from a trained mean-field guide (FactorGuide, AutoNormal, AutoDiagonalNormal)."""

@@ -13,7 +13,7 @@ def trained():
     pyro.set_rng_seed(0)
     model = LowRankMLP(3, [8], rank=2, output_rank=2, likelihood="categorical", num_classes=4)
     guide = FactorGuide(model)
-    guide(torch.randn(2, 3))
+    guide(torch.randn(2, 3), torch.randint(0, 4, (2,)))
     return model, guide
 
 
