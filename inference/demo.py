@@ -3,7 +3,8 @@
 Offline by construction: :func:`sklearn.datasets.load_digits` ships with scikit-learn (1,797 8x8 images, 10 classes).
 Both networks are 64-128-128-10 ReLU MLPs; the Bayesian one factorises every weight (ranks 16, 16 and 10 for the
 10-class output layer, since a rank-1 output layer would force all ten logits onto one direction) and is trained by
-SVI with the factor guide; its predictive uses S posterior draws.
+SVI with the factor guide (initial posterior scales eta * s with the paper's eta = 0.01, which gave lower NLL and
+ECE than eta = 0.1 on three seeds); its predictive uses S posterior draws.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def run_demo(
     hidden: tuple[int, ...] = (128, 128),
     rank: int = 16,
     output_rank: int = 10,
+    init_scale_factor: float = 0.01,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train both networks, evaluate on the test split, write ``reliability.png`` and ``results.json`` into
@@ -77,7 +79,7 @@ def run_demo(
 
     pyro.set_rng_seed(seed)
     model = LowRankMLP(64, hidden, rank=rank, output_rank=output_rank, likelihood="categorical",
-                       num_classes=num_classes)
+                       num_classes=num_classes, init_scale_factor=init_scale_factor)
     guide = FactorGuide(model)
     history = fit(
         model, guide, (data["x_train"], data["y_train"]), val_data=(data["x_val"], data["y_val"]),

@@ -12,7 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pyro_lowrank._validation import check_finite, check_positive_int
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 import pyro
 import torch
 from pyro.infer import ELBO, TraceMeanField_ELBO
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pyro_lowrank._validation import check_finite, check_positive_int
 from pyro_lowrank.errors import TrainingDivergedError

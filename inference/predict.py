@@ -63,6 +63,12 @@ def _per_draw(site: dict, num_samples: int) -> torch.Tensor:
     plate_dims = {frame.dim for frame in site["cond_indep_stack"] if frame.vectorized and frame.name != _DRAWS}
     kept = tuple(size for pos, size in zip(range(-len(batch), 0), batch) if pos in plate_dims)
     draws = next((f for f in site["cond_indep_stack"] if f.name == _DRAWS), None)
+    if draws is not None and len(batch) < -draws.dim and value.dim() >= -draws.dim:
+        raise ValueError(
+            f"site {site['name']!r} has event_dim={event_dim}, which swallows the dimension of the posterior draws "
+            f"(value shape {tuple(value.shape)}): record it with pyro.deterministic(name, value, event_dim=k) where "
+            "k counts only the per-datum event dimensions (0 for a scalar output per datum)"
+        )
     if draws is None or len(batch) < -draws.dim:  # the value does not vary over the draws
         value = value.reshape(kept + value.shape[value.dim() - event_dim:])
         return value.expand((num_samples,) + value.shape)

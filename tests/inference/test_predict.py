@@ -69,3 +69,28 @@ def test_num_samples_must_be_positive(trained):
     model, guide = trained
     with pytest.raises(ValueError, match="num_samples must be a positive integer"):
         predict(model, guide, torch.randn(2, 3), num_samples=0)
+
+
+def test_a_deterministic_site_whose_event_swallows_the_draws_is_a_clear_error():
+    import pyro.distributions as dist
+    from pyro.nn import PyroModule
+
+    from pyro_lowrank import LowRankLinear
+
+    class Careless(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.fc = LowRankLinear(2, 1, 1)
+
+        def forward(self, x, y=None):
+            f = self.fc(x).squeeze(-1)
+            with pyro.plate("data", x.shape[0]):
+                pyro.deterministic("f", f)  # default event_dim = f.dim(): the draws become part of the event
+                return pyro.sample("obs", dist.Normal(f, 1.0), obs=y)
+
+    model = Careless()
+    guide = FactorGuide(model)
+    x = torch.randn(5, 2)
+    guide(x, torch.randn(5))
+    with pytest.raises(ValueError, match="site 'f' has event_dim=2.*event_dim=k"):
+        predict(model, guide, x, num_samples=3)
