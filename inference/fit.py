@@ -160,8 +160,20 @@ def fit(
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
     if patience is not None and val_data is None:
         raise ValueError("patience needs val_data: early stopping monitors the validation NLL")
-    if not kl_weight >= 0:
-        raise ValueError(f"kl_weight must be >= 0, got {kl_weight!r}")
+    if not (kl_weight >= 0 and math.isfinite(kl_weight)):
+        raise ValueError(f"kl_weight must be finite and >= 0, got {kl_weight!r}")
+    if not (kl_anneal_epochs >= 0 and math.isfinite(kl_anneal_epochs)):
+        raise ValueError(f"kl_anneal_epochs must be finite and >= 0, got {kl_anneal_epochs!r}")
+    num_particles = check_positive_int(num_particles, "num_particles")
+    if patience is not None:
+        check_positive_int(patience, "patience")
+    if clip_grad_norm is not None and not clip_grad_norm > 0:
+        raise ValueError(f"clip_grad_norm must be > 0 (or None for no clipping), got {clip_grad_norm!r}")
+    check_model_data = getattr(model, "check_data", None)
+    if check_model_data is not None:  # the model's own checks (target values, shapes), once, before training
+        check_model_data(x, y)
+        if val_data is not None:
+            check_model_data(x_val, y_val)
     if not pyro.settings.get("module_local_params"):
         raise RuntimeError(
             "fit uses the ELBOModule route and needs pyro.settings.set(module_local_params=True) before the model "
@@ -191,9 +203,11 @@ def fit(
     if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
         best_state = _restore(checkpoint_path, loss_module, opt, shuffle, result, num_data, batch_size)
         logger.info("resumed from %s at epoch %d", checkpoint_path, result.epochs_run)
-    last_good = _snapshot(loss_module, opt)
+    last_good = _snapshot(loss_module, opt, result.epochs_run - 1)
+    first_step = result.steps
 
-    bar = tqdm(range(result.epochs_run, num_epochs), desc="fit", disable=not progress, leave=False)
+    epochs = range(result.epochs_run, num_epochs) if not result.stopped_early else range(0)
+    bar = tqdm(epochs, desc="fit", disable=not progress, leave=False)
     for epoch in bar:
         start = time.perf_counter()
         loss_module.train()
@@ -206,16 +220,17 @@ def fit(
             try:
                 with KLWeight(beta):
                     loss = loss_module(x[index], y[index], num_data=num_data)
-            except ValueError:
-                # Pyro's argument validation rejects NaN parameters before any loss exists
-                if all(bool(torch.isfinite(p).all()) for p in params):
+            except ValueError as error:
+                # After a step, a ValueError from Pyro's argument validation (a NaN parameter, a scale that
+                # underflowed to 0) is divergence; before any step it is a genuine error of the model or the data.
+                if result.steps == first_step:
                     raise
-                _diverged(loss_module, opt, last_good, result, epoch, math.nan, "parameters")
+                _diverged(loss_module, opt, last_good, result, epoch, math.nan, f"parameters ({error})", error)
             value = float(loss.detach())
             if not math.isfinite(value):
                 _diverged(loss_module, opt, last_good, result, epoch, value, "loss")
             loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm if clip_grad_norm else math.inf)
+            norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm if clip_grad_norm is not None else math.inf)
             if not bool(torch.isfinite(norm)):
                 _diverged(loss_module, opt, last_good, result, epoch, value, "gradient")
             opt.step()
@@ -233,19 +248,22 @@ def fit(
                 best_state = copy.deepcopy(loss_module.state_dict())
             else:
                 result.bad_epochs += 1
+        if not all(bool(torch.isfinite(p).all()) for p in params):  # never snapshot a non-finite state
+            _diverged(loss_module, opt, last_good, result, epoch, epoch_loss, "parameters")
         result.epochs_run = epoch + 1
         result.seconds += time.perf_counter() - start
-        last_good = _snapshot(loss_module, opt)
-        stop = patience is not None and result.bad_epochs >= patience
-        if checkpoint_path is not None and (result.epochs_run % checkpoint_every == 0 or stop
+        last_good = _snapshot(loss_module, opt, epoch)
+        result.stopped_early = patience is not None and result.bad_epochs >= patience
+        if checkpoint_path is not None and (result.epochs_run % checkpoint_every == 0 or result.stopped_early
                                             or result.epochs_run == num_epochs):
             _save(checkpoint_path, loss_module, opt, shuffle, result, best_state, num_data, batch_size)
         bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "epoch"})
         logger.debug("epoch %d: %s", epoch, record)
-        if callback is not None and callback(epoch, record):
-            stop = True
-        if stop:
-            result.stopped_early = True
+        if not result.stopped_early and callback is not None and callback(epoch, record):
+            result.stopped_early = True  # persist the callback's stop so that a resume does not train on
+            if checkpoint_path is not None:
+                _save(checkpoint_path, loss_module, opt, shuffle, result, best_state, num_data, batch_size)
+        if result.stopped_early:
             break
     bar.close()
     if best_state is not None:
@@ -270,21 +288,24 @@ def _check_data(data: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def _snapshot(loss_module: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    return {"loss_module": copy.deepcopy(loss_module.state_dict()), "optimizer": copy.deepcopy(opt.state_dict())}
+def _snapshot(loss_module: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int) -> dict[str, Any]:
+    return {"loss_module": copy.deepcopy(loss_module.state_dict()), "optimizer": copy.deepcopy(opt.state_dict()),
+            "epoch": epoch}
 
 
-def _diverged(loss_module, opt, last_good, result: FitResult, epoch: int, value: float, what: str) -> None:
+def _diverged(loss_module, opt, last_good, result: FitResult, epoch: int, value: float, what: str,
+              cause: BaseException | None = None) -> None:
     loss_module.load_state_dict(last_good["loss_module"])
     opt.load_state_dict(last_good["optimizer"])
+    where = "the initial state" if last_good["epoch"] < 0 else f"the state at the end of epoch {last_good['epoch']}"
     raise TrainingDivergedError(
-        f"the ELBO {what} became non-finite (loss={value}) at step {result.steps}, epoch {epoch}; restored the state "
-        f"at the end of epoch {result.epochs_run - 1} (the last state whose steps were all finite). Try a smaller lr, "
-        "clip_grad_norm, a smaller initial guide scale or kl_anneal_epochs.",
+        f"the ELBO {what} became non-finite (loss={value}) at step {result.steps}, epoch {epoch}; restored {where} "
+        "(the last state whose steps were all finite). Try a smaller lr, clip_grad_norm, a smaller initial guide "
+        "scale or kl_anneal_epochs.",
         step=result.steps,
         epoch=epoch,
         loss=value,
-    )
+    ) from cause
 
 
 def _save(path, loss_module, opt, shuffle, result, best_state, num_data, batch_size) -> None:

@@ -83,6 +83,7 @@ def predict(
     *,
     return_sites: Sequence[str] = ("f",),
     batch_size: int | None = None,
+    data_plate: str = "data",
     **model_kwargs: Any,
 ) -> dict[str, torch.Tensor]:
     """Posterior predictive draws for inputs ``x``.
@@ -99,6 +100,8 @@ def predict(
         Sites to return (default the network output ``"f"`` of the library's models; ``"obs"`` gives draws of y).
     batch_size : int, optional
         Evaluate the inputs in chunks of this size, reusing the same S draws for every chunk (bounded memory).
+    data_plate : str
+        Name of the model's data plate: sites inside it are concatenated over chunks, other sites are global.
 
     Returns
     -------
@@ -117,8 +120,22 @@ def predict(
     out = {}
     for name in return_sites:
         pieces = [_per_draw(trace.nodes[name], num_samples) for trace in traces]
-        out[name] = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        data_dim = _data_dim(traces[0].nodes[name], data_plate)
+        if len(pieces) == 1 or data_dim is None:  # a global site is the same in every chunk
+            out[name] = pieces[0]
+        else:
+            out[name] = torch.cat(pieces, dim=data_dim)
     return out
+
+
+def _data_dim(site: dict, data_plate: str) -> int | None:
+    """Position of the data plate in a ``_per_draw`` value (``1 + `` its rank among the site's plates)."""
+    plates = sorted(frame.dim for frame in site["cond_indep_stack"] if frame.vectorized and frame.name != _DRAWS)
+    names = {frame.dim: frame.name for frame in site["cond_indep_stack"]}
+    for position, dim in enumerate(plates):
+        if names[dim] == data_plate:
+            return 1 + position
+    return None
 
 
 def pointwise_log_likelihood(

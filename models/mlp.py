@@ -9,6 +9,7 @@ the likelihood by N / B, which keeps the ELBO an unbiased estimate of the full-d
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Sequence
 
 import pyro
@@ -16,7 +17,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_lowrank._validation import check_last_dim, check_positive_int
+from pyro_lowrank._validation import check_last_dim, check_positive_int, check_rank
 from pyro_lowrank.distributions import FactorPrior
 from pyro_lowrank.nn import LowRankLinear
 
@@ -85,10 +86,13 @@ class LowRankMLP(PyroModule):
         init_scale_factor: float = 0.1,
     ) -> None:
         super().__init__()
-        if likelihood == "categorical" and num_classes is None:
-            num_classes = out_features
-        if likelihood == "categorical" and num_classes is None:
-            raise ValueError("likelihood='categorical' needs num_classes (or out_features), got None")
+        if likelihood == "categorical":
+            num_classes = out_features if num_classes is None else num_classes
+            if num_classes is None:
+                raise ValueError("likelihood='categorical' needs num_classes (or out_features), got None")
+            num_classes = check_positive_int(num_classes, "num_classes")
+        elif num_classes is not None:
+            raise ValueError(f"num_classes is only used with likelihood='categorical', got likelihood={likelihood!r}")
         likelihood_kwargs = {"noise_scale": noise_scale, "learn_noise": learn_noise} if likelihood == "gaussian" else {}
         self.likelihood = make_likelihood(likelihood, num_classes or 1, **likelihood_kwargs)
         out_features = self.likelihood.num_outputs if out_features is None else out_features
@@ -99,12 +103,17 @@ class LowRankMLP(PyroModule):
         widths = [check_positive_int(in_features, "in_features")]
         widths += [check_positive_int(h, "hidden_features") for h in hidden_features]
         widths.append(out_features)
-        hidden_ranks = [rank] * len(hidden_features) if isinstance(rank, int) else list(rank)
+        if isinstance(rank, numbers.Integral) or not isinstance(rank, Sequence):
+            hidden_ranks = [rank] * len(hidden_features)
+        else:
+            hidden_ranks = list(rank)
         if len(hidden_ranks) != len(hidden_features):
             raise ValueError(
                 f"rank must be an int or one per hidden layer ({len(hidden_features)}), got {len(hidden_ranks)} ranks"
             )
         ranks = hidden_ranks + [output_rank]
+        names = [f"rank[{i}]" for i in range(len(hidden_ranks))] + ["output_rank"]
+        ranks = [check_rank(r, n_out, n_in, name) for r, n_in, n_out, name in zip(ranks, widths[:-1], widths[1:], names)]
         self.in_features = widths[0]
         self.ranks = tuple(ranks)
         self.layers = PyroModule[nn.ModuleList](
@@ -131,6 +140,16 @@ class LowRankMLP(PyroModule):
                 h = self.activation(h)
         return h
 
+    def check_data(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """Validate a dataset once (``fit`` calls this): shapes, and target values against the likelihood."""
+        check_last_dim(x, self.in_features, "x", f"LowRankMLP(in_features={self.in_features})")
+        if x.dim() != 2:
+            raise ValueError(f"x must have shape (N, {self.in_features}), got {tuple(x.shape)}")
+        if y is not None:
+            if y.shape != x.shape[:1]:
+                raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+            self.likelihood.check_targets(y)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -142,8 +161,13 @@ class LowRankMLP(PyroModule):
         check_last_dim(x, self.in_features, "x", f"LowRankMLP(in_features={self.in_features})")
         if x.dim() != 2:
             raise ValueError(f"x must have shape (N, {self.in_features}), got {tuple(x.shape)}")
-        if y is not None and y.shape[0] != x.shape[0]:
-            raise ValueError(f"y must have {x.shape[0]} rows like x, got shape {tuple(y.shape)}")
+        if y is not None and y.shape != x.shape[:1]:
+            raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+        if subsample_size is not None and num_data is not None:
+            raise ValueError(
+                "pass num_data (x is a minibatch of that many points) or subsample_size (the plate subsamples x), "
+                f"not both; got num_data={num_data} and subsample_size={subsample_size}"
+            )
         if subsample_size is not None:
             data = pyro.plate("data", x.shape[0], subsample_size=subsample_size, dim=-1)
             with data as index:  # the plate draws its minibatch indices once; re-entering it reuses them

@@ -32,9 +32,11 @@ class FactorPrior(nn.Module):
         return self.entry_distribution().expand(shape).to_event(len(shape))
 
     @property
-    def entry_variance(self) -> float:
-        """Prior variance of one entry, E a^2 (all priors here are zero-mean)."""
-        return float(self.entry_distribution().variance)
+    def entry_second_moment(self) -> float:
+        """E a^2 = Var a + (E a)^2 of one entry; the implied prior on W = A B^T has Var W_ij = r (E a^2)^2 when
+        the entries are zero-mean."""
+        entry = self.entry_distribution()
+        return float(entry.variance + entry.mean.square())
 
 
 class GaussianPrior(FactorPrior):

@@ -106,9 +106,10 @@ def test_prior_distribution_shapes_and_log_prob(prior, shape):
     assert d.sample((4,)).shape == (4,) + shape
 
 
-def test_prior_entry_variance():
-    assert GaussianPrior(0.5).entry_variance == pytest.approx(0.25)
-    assert ScaleMixturePrior(0.3, 2.0, 0.5).entry_variance == pytest.approx(0.3 * 4 + 0.7 * 0.25)
+def test_prior_entry_second_moment():
+    assert GaussianPrior(0.5).entry_second_moment == pytest.approx(0.25)
+    assert GaussianPrior(0.5, loc=2.0).entry_second_moment == pytest.approx(0.25 + 4.0)
+    assert ScaleMixturePrior(0.3, 2.0, 0.5).entry_second_moment == pytest.approx(0.3 * 4 + 0.7 * 0.25)
 
 
 def test_default_scale_mixture_is_the_papers():

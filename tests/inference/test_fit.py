@@ -177,8 +177,18 @@ def test_argument_errors():
         fit(model, guide, (x, y[:5]), progress=False)
     with pytest.raises(ValueError, match="num_epochs must be a positive integer"):
         fit(model, guide, (x, y), num_epochs=0, progress=False)
-    with pytest.raises(ValueError, match="kl_weight must be >= 0"):
+    with pytest.raises(ValueError, match="kl_weight must be finite and >= 0, got -1.0"):
         fit(model, guide, (x, y), kl_weight=-1.0, progress=False)
+    with pytest.raises(ValueError, match="kl_anneal_epochs must be finite and >= 0, got -3"):
+        fit(model, guide, (x, y), kl_anneal_epochs=-3, progress=False)
+    with pytest.raises(ValueError, match="num_particles must be a positive integer, got 0"):
+        fit(model, guide, (x, y), num_particles=0, progress=False)
+    with pytest.raises(ValueError, match="patience must be a positive integer, got 0"):
+        fit(model, guide, (x, y), val_data=(x, y), patience=0, progress=False)
+    with pytest.raises(ValueError, match="clip_grad_norm must be > 0 .* got -1"):
+        fit(model, guide, (x, y), clip_grad_norm=-1, progress=False)
+    with pytest.raises(ValueError, match="y must hold integer class labels in \\[0, 3\\)"):
+        fit(model, guide, (x, y + 5), progress=False)
 
 
 def test_kl_weight_scales_only_the_kl_term():
@@ -190,7 +200,7 @@ def test_kl_weight_scales_only_the_kl_term():
     def loss_at(beta):
         pyro.set_rng_seed(7)
         with KLWeight(beta):
-            return float(loss_fn(x, y))
+            return float(loss_fn(x, y).detach())
 
     l0, l1, lh = loss_at(0.0), loss_at(1.0), loss_at(0.5)
     assert lh == pytest.approx(0.5 * (l0 + l1), rel=1e-5)
@@ -221,3 +231,78 @@ def test_early_stopping_restores_the_best_epoch():
     pyro.set_rng_seed(99)
     restored = float(-log_predictive_density(model, guide, x_val, y_val, 2000).mean())
     assert restored == pytest.approx(result.best_val_nll, abs=0.15)
+
+
+class _InvalidAfter(PyroModule):
+    """A likelihood whose scale becomes negative (Pyro's validation raises ValueError) from call ``after`` on."""
+
+    def __init__(self, after):
+        super().__init__()
+        self.w = PyroParam(torch.tensor(0.5))
+        self.calls, self.after = 0, after
+
+    def forward(self, x, y=None, num_data=None):
+        self.calls += 1
+        scale = -1.0 if self.calls > self.after else 1.0
+        with pyro.plate("data", num_data or x.shape[0], subsample=torch.arange(x.shape[0])):
+            pyro.sample("obs", dist.Normal(self.w * x, scale), obs=y)
+
+
+def _no_latents():
+    guide = PyroModule()
+    guide.forward = lambda *args, **kwargs: None
+    return guide
+
+
+def test_validation_error_after_training_started_is_divergence():
+    model = _InvalidAfter(after=4)  # warm-up + 3 steps are fine
+    x = torch.linspace(-1, 1, 8)
+    with pytest.raises(TrainingDivergedError, match="restored the state at the end of epoch 0") as info:
+        fit(model, _no_latents(), (x, 2 * x), num_epochs=5, batch_size=4, lr=0.1, progress=False)
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_validation_error_before_any_step_is_a_plain_error():
+    model = _InvalidAfter(after=1)  # only the warm-up call is fine
+    x = torch.linspace(-1, 1, 8)
+    with pytest.raises(ValueError, match="scale"):
+        fit(model, _no_latents(), (x, 2 * x), num_epochs=2, batch_size=4, progress=False)
+
+
+def test_a_step_to_non_finite_parameters_is_never_snapshotted():
+    model = _Exploding()
+    model.calls = -10**9  # never NaN by itself: the optimiser makes the parameter infinite instead
+    x = torch.linspace(-1, 1, 8)
+    huge = lambda params: torch.optim.SGD(params, lr=1e38)  # noqa: E731
+    with pytest.raises(TrainingDivergedError, match="restored the initial state"):
+        fit(model, _no_latents(), (x, 2 * x), num_epochs=3, batch_size=8, optimizer=huge, progress=False)
+    assert torch.isfinite(model.w) and float(model.w) == 0.5
+
+
+def test_resume_after_early_stopping_does_not_train_further(tmp_path):
+    x, y = _blobs(100)
+    x_val, y_val = _blobs(100, seed=3)
+    y_val = (y_val + 1) % 3
+    kwargs = dict(val_data=(x_val, y_val), patience=2, num_epochs=50, lr=3e-2, batch_size=25, seed=0,
+                  progress=False, checkpoint_path=tmp_path / "c.pt")
+    model = _model()
+    guide = FactorGuide(model)
+    first = fit(model, guide, (x, y), **kwargs)
+    assert first.stopped_early
+    model2 = _model()
+    guide2 = FactorGuide(model2)
+    second = fit(model2, guide2, (x, y), resume=True, **kwargs)
+    assert second.epochs_run == first.epochs_run and second.steps == first.steps and second.stopped_early
+    for key, value in guide.state_dict().items():
+        assert torch.equal(guide2.state_dict()[key], value), key
+
+
+def test_resume_after_a_callback_stop_does_not_train_further(tmp_path):
+    x, y = _blobs(60)
+    kwargs = dict(num_epochs=10, batch_size=20, seed=0, progress=False, checkpoint_path=tmp_path / "c.pt")
+    model = _model()
+    first = fit(model, FactorGuide(model), (x, y), callback=lambda epoch, record: epoch == 1, **kwargs)
+    assert first.stopped_early and first.epochs_run == 2
+    model2 = _model()
+    second = fit(model2, FactorGuide(model2), (x, y), resume=True, **kwargs)
+    assert second.epochs_run == 2 and second.stopped_early

@@ -94,3 +94,15 @@ def test_a_deterministic_site_whose_event_swallows_the_draws_is_a_clear_error():
     guide(x, torch.randn(5))
     with pytest.raises(ValueError, match="site 'f' has event_dim=2.*event_dim=k"):
         predict(model, guide, x, num_samples=3)
+
+
+def test_chunked_predict_keeps_global_sites_global(trained):
+    model, guide = trained
+    x = torch.randn(10, 3)
+    pyro.set_rng_seed(4)
+    whole = predict(model, guide, x, num_samples=6, return_sites=["f", "layers.0.A"])
+    pyro.set_rng_seed(4)
+    chunked = predict(model, guide, x, num_samples=6, return_sites=["f", "layers.0.A"], batch_size=4)
+    assert whole["layers.0.A"].shape == chunked["layers.0.A"].shape == (6, 8, 2)
+    assert torch.equal(whole["layers.0.A"], chunked["layers.0.A"])
+    assert chunked["f"].shape == (6, 10, 4)

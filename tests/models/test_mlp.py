@@ -26,8 +26,11 @@ def test_ranks_per_layer_and_rank_one_output_by_default():
     "kwargs, match",
     [
         ({"rank": [2]}, "one per hidden layer"),
-        ({"rank": 7}, "rank must be an integer in \\[1, min\\(m, n\\)\\] = \\[1, 6\\]"),
-        ({"output_rank": 2}, "rank must be an integer in \\[1, min\\(m, n\\)\\] = \\[1, 1\\]"),
+        ({"rank": 7}, "rank\\[0\\] must be an integer in \\[1, min\\(m, n\\)\\] = \\[1, 6\\]"),
+        ({"rank": [3, 9]}, "rank\\[1\\] must be an integer in \\[1, min\\(m, n\\)\\] = \\[1, 8\\] .* got 9"),
+        ({"rank": 2.5}, "rank\\[0\\] must be an integer .* got 2.5 of type float"),
+        ({"num_classes": 3}, "num_classes is only used with likelihood='categorical'"),
+        ({"output_rank": 2}, "output_rank must be an integer in \\[1, min\\(m, n\\)\\] = \\[1, 1\\]"),
         ({"likelihood": "poisson"}, "likelihood must be"),
     ],
 )
@@ -41,13 +44,40 @@ def test_bad_configuration_is_rejected(kwargs, match):
 def test_categorical_needs_num_classes():
     with pytest.raises(ValueError, match="num_classes"):
         LowRankMLP(3, [4], rank=2, likelihood="categorical")
+    with pytest.raises(ValueError, match="num_classes must be a positive integer, got 0"):
+        LowRankMLP(3, [4], rank=2, likelihood="categorical", num_classes=0)
+
+
+def test_numpy_integer_ranks_are_accepted():
+    import numpy as np
+
+    model = LowRankMLP(6, [8], rank=np.int64(3), likelihood="gaussian")
+    assert model.ranks == (3, 1)
+
+
+def test_num_data_and_subsample_size_together_are_refused():
+    model = LowRankMLP(3, [4], rank=2, likelihood="gaussian")
+    with pytest.raises(ValueError, match="not both; got num_data=10 and subsample_size=2"):
+        model(torch.randn(5, 3), num_data=10, subsample_size=2)
+
+
+@pytest.mark.parametrize("likelihood, y, match", [
+    ("categorical", torch.tensor([0, 1, 5]), "y must hold integer class labels in \\[0, 3\\), got dtype torch.int64 and range \\[0, 5\\]"),
+    ("categorical", torch.tensor([0.0, 1.0, 2.0]), "y must hold integer class labels"),
+    ("bernoulli", torch.tensor([0.0, 1.0, 2.0]), "y must contain only 0 and 1"),
+    ("gaussian", torch.randn(3, 1), "y must have shape \\(3,\\) to match x, got \\(3, 1\\)"),
+])
+def test_check_data_names_bad_targets(likelihood, y, match):
+    model = LowRankMLP(2, [4], rank=2, likelihood=likelihood, num_classes=3 if likelihood == "categorical" else None)
+    with pytest.raises(ValueError, match=match):
+        model.check_data(torch.randn(3, 2), y)
 
 
 def test_bad_inputs_name_the_argument():
     model = LowRankMLP(3, [4], rank=2, likelihood="gaussian")
     with pytest.raises(ValueError, match="last dimension 3, got shape \\(5, 2\\)"):
         model(torch.randn(5, 2))
-    with pytest.raises(ValueError, match="y must have 5 rows"):
+    with pytest.raises(ValueError, match="y must have shape \\(5,\\) to match x, got \\(4,\\)"):
         model(torch.randn(5, 3), torch.randn(4))
 
 
@@ -75,7 +105,7 @@ def test_learned_noise_is_a_parameter_and_fixed_noise_is_a_buffer():
     fixed = LowRankMLP(3, [4], rank=2, likelihood="gaussian", noise_scale=0.5)
     assert "likelihood.noise_scale_unconstrained" in dict(learned.named_parameters())
     assert "likelihood.noise_scale" in dict(fixed.named_buffers())
-    assert float(learned.likelihood.noise_scale) == pytest.approx(0.5)
+    assert float(learned.likelihood.noise_scale.detach()) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="noise_scale"):
         LowRankMLP(3, [4], rank=2, likelihood="gaussian", noise_scale=0.0)
 
