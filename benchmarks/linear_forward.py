@@ -8,17 +8,9 @@ Usage: ``python benchmarks/linear_forward.py [--in 784] [--out 512] [--batch 128
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-
-
-def _time(fn, repeats: int) -> float:
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
+from _timing import print_ratios, time_interleaved
 
 
 def main() -> None:
@@ -51,17 +43,9 @@ def main() -> None:
 
         cases[f"r={r} factored (x B) A^T"] = factored
         cases[f"r={r} forming W = A B^T"] = formed
-    times = {name: [] for name in cases}
-    for _ in range(args.rounds):
-        for name, fn in cases.items():
-            times[name].append(_time(fn, args.repeats))
-    base = statistics.median(times["dense nn.Linear"])
-    print(f"forward+backward, batch {args.batch}, {args.n}->{args.m}, torch threads {torch.get_num_threads()}")
-    print(f"{'case':<28}{'median ms':>10}{'min ms':>9}{'max ms':>9}{'/dense':>8}")
-    for name, values in times.items():
-        med = statistics.median(values)
-        print(f"{name:<28}{1e3 * med:>10.3f}{1e3 * min(values):>9.3f}{1e3 * max(values):>9.3f}{med / base:>8.2f}")
-
+    times = time_interleaved(cases, args.rounds, args.repeats)
+    print_ratios(f"forward+backward, batch {args.batch}, {args.n}->{args.m}, torch threads {torch.get_num_threads()}; "
+                 "ratio to dense nn.Linear", times, "dense nn.Linear")
 
 if __name__ == "__main__":
     main()

@@ -8,12 +8,11 @@ Usage: ``python benchmarks/svi_step.py [--widths 784 512 512 10] [--batch 128] [
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import pyro
 import torch
 import torch.nn.functional as F
+from _timing import print_ratios, time_interleaved
 from pyro.infer import TraceMeanField_ELBO
 
 import pyro_lowrank  # noqa: F401  (module-local params)
@@ -55,21 +54,9 @@ def main() -> None:
             opt.step()
 
         cases[f"low-rank BNN r={r}"] = step
-    times = {name: [] for name in cases}
-    for _ in range(args.rounds):
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            for _ in range(args.repeats):
-                fn()
-            times[name].append((time.perf_counter() - start) / args.repeats)
-    base = statistics.median(times["deterministic"])
-    print(f"training step, MLP {'-'.join(map(str, args.widths))}, batch {args.batch}, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"{'case':<22}{'median ms':>10}{'min ms':>9}{'max ms':>9}{'/det':>7}")
-    for name, values in times.items():
-        med = statistics.median(values)
-        print(f"{name:<22}{1e3 * med:>10.2f}{1e3 * min(values):>9.2f}{1e3 * max(values):>9.2f}{med / base:>7.2f}")
-
+    times = time_interleaved(cases, args.rounds, args.repeats)
+    print_ratios(f"training step, MLP {'-'.join(map(str, args.widths))}, batch {args.batch}, torch threads "
+                 f"{torch.get_num_threads()}; ratio to the deterministic step", times, "deterministic")
 
 if __name__ == "__main__":
     main()
