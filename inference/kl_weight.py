@@ -14,6 +14,7 @@ shaped the means.
 from __future__ import annotations
 
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
 __all__ = ["KLWeight", "linear_kl_schedule"]
 
@@ -30,7 +31,7 @@ class KLWeight(Messenger):
     def _process_message(self, msg: dict) -> None:
         if msg["type"] != "sample" or msg["is_observed"] or msg["infer"].get("_deterministic"):
             return
-        if msg["infer"].get("_do_not_trace") or type(msg["fn"]).__name__ == "_Subsample":
+        if msg["infer"].get("_do_not_trace") or site_is_subsample(msg):
             return
         msg["scale"] = self.beta * msg["scale"]
 

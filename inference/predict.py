@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 import pyro
 import pyro.poutine as poutine
+from pyro.poutine.util import site_is_subsample
 import torch
 
 from pyro_lowrank._validation import check_positive_int
@@ -158,7 +159,7 @@ def pointwise_log_likelihood(
     for site in trace.nodes.values():
         if site["type"] != "sample" or not site["is_observed"] or site["infer"].get("_deterministic"):
             continue
-        if type(site["fn"]).__name__ == "_Subsample":
+        if site_is_subsample(site):
             continue
         log_prob = site["fn"].log_prob(site["value"])
         dims = {frame.name: frame.dim for frame in site["cond_indep_stack"]}
