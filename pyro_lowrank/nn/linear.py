@@ -205,6 +205,14 @@ class LowRankLinear(PyroModule):
         """Full Pyro site name of ``"A"``, ``"B"`` or ``"bias"`` for this layer (e.g. ``"layers.0.A"``)."""
         return f"{self._pyro_name}.{name}" if self._pyro_name else name
 
+    def factor_sites(self) -> dict[str, tuple[str, str]]:
+        """The layer's factorised weights as ``{weight name: (site of A, site of B)}``, ``W = A B^T``.
+
+        Diagnostics (:func:`pyro_lowrank.diagnostics.to_inference_data`) find low-rank layers through this method, so a
+        layer with several factorised matrices (LSTM gates) lists each one.
+        """
+        return {"weight": (self.site_name("A"), self.site_name("B"))}
+
     def weight_posterior(self, guide: Any) -> LowRankMatrixNormal:
         """q_W = T#(q_A x q_B) read from a trained mean-field guide (FactorGuide, AutoNormal, AutoDiagonalNormal)."""
         return LowRankMatrixNormal.from_guide(guide, self._pyro_name)

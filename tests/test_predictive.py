@@ -4,7 +4,7 @@ import torch
 
 import pyro_lowrank  # noqa: F401
 from pyro_lowrank.guides import FactorGuide
-from pyro_lowrank.inference import log_predictive_density, pointwise_log_likelihood, predict
+from pyro_lowrank.predictive import log_predictive_density, pointwise_log_likelihood, predict
 from pyro_lowrank.models import LowRankMLP
 
 

@@ -1,5 +1,4 @@
-"""Matplotlib figures. Every function returns a :class:`matplotlib.figure.Figure` built without pyplot, so it works
-headless (no display, any backend) and never leaks global figure state."""
+"""Reliability diagrams: accuracy against confidence per bin, the picture behind the ECE."""
 
 from __future__ import annotations
 
@@ -14,9 +13,16 @@ __all__ = ["reliability_diagram"]
 
 
 def reliability_diagram(
-    probs: torch.Tensor | Mapping[str, torch.Tensor], y: torch.Tensor, num_bins: int = 15
+    probs: torch.Tensor | Mapping[str, torch.Tensor],
+    y: torch.Tensor,
+    num_bins: int = 15,
+    binning: str = "equal_width",
 ) -> Figure:
-    """Accuracy against confidence per equal-width bin, with the diagonal of perfect calibration and the ECE.
+    r"""Accuracy against confidence per bin, with the diagonal of perfect calibration and the ECE in the title.
+
+    A bar of bin :math:`B_m` spans the bin's edges and has height :math:`\mathrm{acc}(B_m)`; a calibrated model's bars
+    follow the diagonal :math:`\mathrm{acc} = \mathrm{conf}`, and the ECE is the count-weighted mean gap
+    :math:`\sum_m \frac{|B_m|}{N}\,|\mathrm{acc}(B_m) - \mathrm{conf}(B_m)|`.
 
     Parameters
     ----------
@@ -25,19 +31,22 @@ def reliability_diagram(
     y : tensor (N,)
         True labels.
     num_bins : int
-        Number of equal-width bins.
+        Number of bins.
+    binning : {"equal_width", "equal_mass"}
+        Equal-width bins on [0, 1] or bins holding equal numbers of points.
     """
     methods = dict(probs) if isinstance(probs, Mapping) else {"model": probs}
     fig = Figure(figsize=(4.0 * len(methods), 4.0), layout="constrained")
     axes = fig.subplots(1, len(methods), squeeze=False)[0]
     for ax, (name, p) in zip(axes, methods.items()):
-        bins = reliability_bins(p.detach().cpu(), y.cpu(), num_bins)
+        p, labels = p.detach().cpu(), y.detach().cpu()
+        bins = reliability_bins(p, labels, num_bins, binning=binning)
         edges = bins["edges"].numpy()
-        centers = 0.5 * (edges[1:] + edges[:-1])
         accuracy = torch.nan_to_num(bins["accuracy"], nan=0.0).numpy()
-        ax.bar(centers, accuracy, width=edges[1] - edges[0], edgecolor="black", alpha=0.7, label="accuracy")
+        ax.bar(edges[:-1], accuracy, width=edges[1:] - edges[:-1], align="edge", edgecolor="black", alpha=0.7,
+               label="accuracy")
         ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-        ece = expected_calibration_error(p.detach().cpu(), y.cpu(), num_bins)
+        ece = expected_calibration_error(p, labels, num_bins, binning=binning)
         ax.set_title(f"{name} (ECE {ece:.3f})")
         ax.set_xlabel("confidence")
         ax.set_ylabel("accuracy")

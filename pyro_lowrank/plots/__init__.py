@@ -1,0 +1,25 @@
+"""Matplotlib figures. Every function returns a :class:`matplotlib.figure.Figure` built without pyplot, so it works
+headless (no display, any backend) and never leaks global figure state; save with ``fig.savefig(path)``.
+
+* :func:`reliability_diagram` — accuracy vs confidence per bin (ECE);
+* :func:`ppc_band` — regression posterior predictive band with the observations;
+* :func:`uncertainty_histogram` — an uncertainty score in and out of distribution (OOD AUROC);
+* :func:`selective_prediction_plot` — a metric against the retained fraction;
+* :func:`spectrum_plot` — singular spectrum and energy fraction with the chosen rank;
+* :func:`correlation_heatmap` — weight-entry correlations, closed form beside Monte Carlo.
+"""
+
+from .calibration import reliability_diagram
+from .correlation import correlation_heatmap
+from .regression import ppc_band
+from .spectrum import spectrum_plot
+from .uncertainty import selective_prediction_plot, uncertainty_histogram
+
+__all__ = [
+    "correlation_heatmap",
+    "ppc_band",
+    "reliability_diagram",
+    "selective_prediction_plot",
+    "spectrum_plot",
+    "uncertainty_histogram",
+]

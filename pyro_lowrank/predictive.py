@@ -1,0 +1,210 @@
+r"""Vectorised posterior prediction.
+
+S posterior draws :math:`\theta_s \sim q` are taken from the guide once, in one vectorised pass (a plate over draws,
+no Python loop), and the model is replayed on every input chunk with those same draws, so every predictive quantity
+(mean, entropy, mutual information, intervals, log densities) is computed from the same S networks. The pointwise log
+predictive density is
+
+.. math:: \log \hat p(y_i \mid x_i) = \log \frac1S \sum_{s=1}^S p(y_i \mid x_i, \theta_s).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import pyro
+import pyro.poutine as poutine
+from pyro.poutine.util import site_is_subsample
+import torch
+
+from pyro_lowrank._validation import check_positive_int
+
+__all__ = [
+    "log_predictive_density",
+    "max_plate_nesting",
+    "per_draw_value",
+    "pointwise_log_likelihood",
+    "predict",
+    "trace_log_likelihood",
+    "vectorized_traces",
+]
+
+_DRAWS = "_num_predictive_samples"
+
+
+def max_plate_nesting(model: Callable, *args: Any, **kwargs: Any) -> int:
+    """Depth of the model's plate stack, read off one (blocked, gradient-free) trace that leaves the RNG untouched."""
+    with torch.no_grad(), poutine.block(), torch.random.fork_rng(devices=[]):
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    dims = [-frame.dim for site in trace.nodes.values() if site["type"] == "sample"
+            for frame in site["cond_indep_stack"] if frame.vectorized]
+    return max(dims, default=0)
+
+
+def vectorized_traces(
+    model: Callable,
+    guide: Callable,
+    inputs: Sequence[tuple[tuple, dict]],
+    num_samples: int,
+) -> list[poutine.Trace]:
+    """Draw S guide samples once, inside a plate over draws, and replay the model on each ``(args, kwargs)``.
+
+    The plate sits left of the model's plates (dim ``-max_plate_nesting - 1``), so the guide's sites get shape
+    ``(S, 1, ..., *site_shape)`` and broadcast through the model; every input chunk sees the same S draws.
+    """
+    check_positive_int(num_samples, "num_samples")
+    first_args, first_kwargs = inputs[0]
+    depth = max_plate_nesting(model, *first_args, **first_kwargs)
+    traces = []
+    with torch.no_grad(), pyro.plate(_DRAWS, num_samples, dim=-depth - 1):
+        guide_trace = poutine.trace(guide).get_trace(*first_args, **first_kwargs)
+        for args, kwargs in inputs:
+            traces.append(poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs))
+    return traces
+
+
+def per_draw_value(site: dict, num_samples: int) -> torch.Tensor:
+    """A site's value as ``(S, *plate_sizes, *event_shape)``: singleton dimensions of absent plates dropped."""
+    value = site["value"]
+    event_dim = site["fn"].event_dim
+    batch = value.shape[: value.dim() - event_dim]
+    plate_dims = {frame.dim for frame in site["cond_indep_stack"] if frame.vectorized and frame.name != _DRAWS}
+    kept = tuple(size for pos, size in zip(range(-len(batch), 0), batch) if pos in plate_dims)
+    draws = next((f for f in site["cond_indep_stack"] if f.name == _DRAWS), None)
+    if draws is not None and len(batch) < -draws.dim and value.dim() >= -draws.dim:
+        raise ValueError(
+            f"site {site['name']!r} has event_dim={event_dim}, which swallows the dimension of the posterior draws "
+            f"(value shape {tuple(value.shape)}): record it with pyro.deterministic(name, value, event_dim=k) where "
+            "k counts only the per-datum event dimensions (0 for a scalar output per datum)"
+        )
+    if draws is None or len(batch) < -draws.dim:  # the value does not vary over the draws
+        value = value.reshape(kept + value.shape[value.dim() - event_dim:])
+        return value.expand((num_samples,) + value.shape)
+    return value.reshape((num_samples,) + kept + value.shape[value.dim() - event_dim:])
+
+
+def predict(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_samples: int = 100,
+    *,
+    return_sites: Sequence[str] = ("f",),
+    batch_size: int | None = None,
+    data_plate: str = "data",
+    **model_kwargs: Any,
+) -> dict[str, torch.Tensor]:
+    """Posterior predictive draws for inputs ``x``.
+
+    Parameters
+    ----------
+    model, guide : callable
+        A Pyro model ``model(x, y=None, **model_kwargs)`` and its trained guide.
+    x : torch.Tensor
+        Inputs, first dimension N.
+    num_samples : int
+        S, the number of posterior draws.
+    return_sites : sequence of str
+        Sites to return (default the network output ``"f"`` of the library's models; ``"obs"`` gives draws of y).
+    batch_size : int, optional
+        Evaluate the inputs in chunks of this size, reusing the same S draws for every chunk (bounded memory).
+    data_plate : str
+        Name of the model's data plate: sites inside it are concatenated over chunks, other sites are global.
+
+    Returns
+    -------
+    dict
+        ``{site: tensor of shape (S, N, ...)}``, computed under ``torch.no_grad()``.
+    """
+    check_positive_int(num_samples, "num_samples")
+    n = x.shape[0]
+    chunk = n if batch_size is None else check_positive_int(batch_size, "batch_size")
+    inputs = [((x[start : start + chunk],), model_kwargs) for start in range(0, n, chunk)]
+    traces = vectorized_traces(model, guide, inputs, num_samples)
+    missing = [name for name in return_sites if name not in traces[0].nodes]
+    if missing:
+        sites = [name for name, site in traces[0].nodes.items() if site["type"] == "sample"]
+        raise ValueError(f"return_sites {missing} are not sites of the model; its sites are {sites}")
+    out = {}
+    for name in return_sites:
+        pieces = [per_draw_value(trace.nodes[name], num_samples) for trace in traces]
+        data_dim = _data_dim(traces[0].nodes[name], data_plate)
+        if len(pieces) == 1 or data_dim is None:  # a global site is the same in every chunk
+            out[name] = pieces[0]
+        else:
+            out[name] = torch.cat(pieces, dim=data_dim)
+    return out
+
+
+def _data_dim(site: dict, data_plate: str) -> int | None:
+    """Position of the data plate in a ``per_draw_value`` value (``1 + `` its rank among the site's plates)."""
+    plates = sorted(frame.dim for frame in site["cond_indep_stack"] if frame.vectorized and frame.name != _DRAWS)
+    names = {frame.dim: frame.name for frame in site["cond_indep_stack"]}
+    for position, dim in enumerate(plates):
+        if names[dim] == data_plate:
+            return 1 + position
+    return None
+
+
+def pointwise_log_likelihood(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_samples: int = 100,
+    *,
+    data_plate: str = "data",
+    **model_kwargs: Any,
+) -> torch.Tensor:
+    r""":math:`\log p(y_i \mid x_i, \theta_s)` for S guide draws, shape ``(S, N)``.
+
+    Summed over every observed site; the data dimension is that of the plate named ``data_plate`` (all other batch
+    dimensions are summed out).
+    """
+    (trace,) = vectorized_traces(model, guide, [((x, y), model_kwargs)], num_samples)
+    return trace_log_likelihood(trace, num_samples, data_plate=data_plate)
+
+
+def trace_log_likelihood(trace: poutine.Trace, num_samples: int, *, data_plate: str = "data") -> torch.Tensor:
+    r"""Pointwise :math:`\log p(y_i \mid x_i, \theta_s)`, shape ``(S, N)``, from a model trace of
+    :func:`vectorized_traces` in which the observations were conditioned on.
+
+    Summed over every observed site; the data dimension is that of the plate named ``data_plate`` (all other batch
+    dimensions are summed out).
+    """
+    total = None
+    for site in trace.nodes.values():
+        if site["type"] != "sample" or not site["is_observed"] or site["infer"].get("_deterministic"):
+            continue
+        if site_is_subsample(site):
+            continue
+        log_prob = site["fn"].log_prob(site["value"])
+        dims = {frame.name: frame.dim for frame in site["cond_indep_stack"]}
+        log_prob = log_prob.reshape((1,) * max(0, -dims[_DRAWS] - log_prob.dim()) + log_prob.shape)
+        keep = [log_prob.dim() + dims[_DRAWS]]
+        if data_plate in dims:
+            keep.append(log_prob.dim() + dims[data_plate])
+        summed = [d for d in range(log_prob.dim()) if d not in keep]
+        log_prob = log_prob.sum(summed) if summed else log_prob
+        log_prob = log_prob.expand(num_samples, *log_prob.shape[1:])
+        if log_prob.dim() == 1:
+            log_prob = log_prob.unsqueeze(-1)
+        total = log_prob if total is None else total + log_prob
+    if total is None:
+        raise ValueError("the model has no observed sample site: pass y so that the likelihood is observed")
+    return total
+
+
+def log_predictive_density(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_samples: int = 100,
+    **kwargs: Any,
+) -> torch.Tensor:
+    r"""Pointwise :math:`\log \frac1S\sum_s p(y_i\mid x_i,\theta_s)`, shape ``(N,)``; its negative mean is the
+    predictive NLL."""
+    log_lik = pointwise_log_likelihood(model, guide, x, y, num_samples, **kwargs)
+    return torch.logsumexp(log_lik, dim=0) - math.log(log_lik.shape[0])

@@ -1,0 +1,146 @@
+"""Tests for the spectral diagnostics: singular spectra, Eckart-Young-Mirsky tail energies, suggested rank, EYM bound."""
+
+import pytest
+import torch
+from torch import nn
+
+from pyro_lowrank.diagnostics import (
+    energy_fraction,
+    eym_bound,
+    singular_spectrum,
+    suggest_rank,
+    tail_energy,
+)
+from pyro_lowrank.distributions import LowRankMatrixNormal
+from pyro_lowrank.nn import LowRankLinear
+
+
+def _matrix_with_spectrum(values, m=8, n=6):
+    """W = U diag(values) V^T with random orthonormal U (m x p) and V (n x p)."""
+    p = len(values)
+    u = torch.linalg.qr(torch.randn(m, p, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(n, p, dtype=torch.float64))[0]
+    return u @ torch.diag(torch.tensor(values, dtype=torch.float64)) @ v.T
+
+
+def _truncate(w, k):
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    return u[:, :k] @ torch.diag(s[:k]) @ vh[:k]
+
+
+def test_singular_spectrum_of_tensor_linear_and_batch():
+    w = torch.randn(3, 7, 4, dtype=torch.float64)
+    torch.testing.assert_close(singular_spectrum(w), torch.linalg.svdvals(w))
+    linear = nn.Linear(5, 3)
+    values = singular_spectrum(linear)
+    assert values.shape == (3,) and not values.requires_grad
+    torch.testing.assert_close(values, torch.linalg.svdvals(linear.weight.detach()))
+
+
+@pytest.mark.parametrize("m, n, r", [(9, 6, 3), (3, 5, 4)])
+def test_singular_spectrum_of_low_rank_matrix_normal_matches_dense_mean(m, n, r):
+    a, b = torch.randn(2, m, r, dtype=torch.float64), torch.randn(2, n, r, dtype=torch.float64)
+    q = LowRankMatrixNormal(a, 0.1, b, 0.2)
+    values = singular_spectrum(q)
+    p = min(m, n, r)
+    assert values.shape == (2, r)
+    torch.testing.assert_close(values[..., :p], torch.linalg.svdvals(q.mean)[..., :p], atol=1e-10, rtol=1e-10)
+    assert bool((values[..., p:] == 0).all())
+
+
+def test_tail_energy_is_the_best_rank_k_error():
+    w = torch.randn(8, 6, dtype=torch.float64)
+    tail = tail_energy(singular_spectrum(w))
+    assert tail.shape == (7,)
+    for k in range(7):
+        best = torch.linalg.matrix_norm(w - _truncate(w, k))
+        torch.testing.assert_close(tail[k], best, atol=1e-10, rtol=1e-10)
+        if 0 < k < 6:  # Eckart-Young-Mirsky: no rank-k matrix does better, random or near the optimum
+            u, s, vh = torch.linalg.svd(w, full_matrices=False)
+            left, right = u[:, :k] * s[:k].sqrt(), vh[:k].T * s[:k].sqrt()
+            for _ in range(5):
+                other = torch.randn(8, k, dtype=torch.float64) @ torch.randn(k, 6, dtype=torch.float64)
+                near = (left + 1e-3 * torch.randn(8, k, dtype=torch.float64)) @ (
+                    right + 1e-3 * torch.randn(6, k, dtype=torch.float64)).T
+                assert torch.linalg.matrix_norm(w - other) >= tail[k]
+                assert torch.linalg.matrix_norm(w - near) >= tail[k] - 1e-12
+    torch.testing.assert_close(tail[0], torch.linalg.matrix_norm(w))
+    assert tail[-1] == 0
+    relative = tail_energy(singular_spectrum(w), relative=True)
+    torch.testing.assert_close(relative, tail / torch.linalg.matrix_norm(w))
+
+
+def test_tail_energy_and_energy_fraction_batched_and_zero_matrix():
+    values = torch.tensor([[3.0, 2.0, 1.0], [0.0, 0.0, 0.0]])
+    tail = tail_energy(values)
+    torch.testing.assert_close(tail[0], torch.tensor([14.0, 5.0, 1.0, 0.0]).sqrt())
+    assert bool((tail[1] == 0).all()) and bool((tail_energy(values, relative=True)[1] == 0).all())
+    fraction = energy_fraction(values)
+    torch.testing.assert_close(fraction[0], torch.tensor([0.0, 9.0, 13.0, 14.0]) / 14)
+    assert bool((fraction[1] == 1).all())
+
+
+def test_energy_fraction_monotone_and_ends_at_one():
+    values = singular_spectrum(torch.randn(4, 30, 20, dtype=torch.float64))
+    fraction = energy_fraction(values)
+    assert fraction.shape == (4, 21)
+    assert bool((fraction[..., 1:] >= fraction[..., :-1]).all())
+    assert bool((fraction[..., 0] == 0).all()) and bool((fraction[..., -1] == 1).all())
+    torch.testing.assert_close(fraction, 1 - tail_energy(values, relative=True).square())
+
+
+def test_suggest_rank_on_a_known_spectrum():
+    spectrum = [4.0, 2.0, 1.0, 0.5, 0.25]  # squares 16, 4, 1, .25, .0625: fractions .754, .942, .989, .997, 1
+    w = _matrix_with_spectrum(spectrum)
+    assert suggest_rank(w, energy=0.5) == 1
+    assert suggest_rank(w, energy=0.9) == 2
+    assert suggest_rank(w, energy=0.95) == 3
+    assert suggest_rank(w, energy=0.995) == 4
+    assert suggest_rank(w, energy=1.0) in (5, 6)  # the sixth singular value is zero up to round-off
+    assert suggest_rank(torch.tensor(spectrum), energy=0.9) == 2
+    assert suggest_rank(nn.Linear(4, 3)) in (1, 2, 3)
+    mean_rank2 = LowRankMatrixNormal(torch.randn(6, 4), 0.1, torch.randn(5, 4) * torch.tensor([1.0, 1.0, 0.0, 0.0]), 0.1)
+    assert suggest_rank(mean_rank2, energy=0.999) == 2
+
+
+def test_eym_bound_bounds_a_lipschitz_loss():
+    w = torch.randn(10, 8, dtype=torch.float64) @ torch.diag(torch.logspace(0, -2, 8, dtype=torch.float64))
+    values = singular_spectrum(w)
+    radius = 2.5
+    x = torch.randn(500, 8, dtype=torch.float64)
+    x = x / x.norm(dim=-1, keepdim=True) * radius * torch.rand(500, 1, dtype=torch.float64)
+    for k in range(9):
+        w_k = _truncate(w, k)
+        gap = ((x @ w.T).norm(dim=-1) - (x @ w_k.T).norm(dim=-1)).abs()  # l(y) = ||y||, 1-Lipschitz
+        bound = eym_bound(values, k, lipschitz=1.0, input_norm=radius)
+        assert isinstance(bound, float)
+        assert gap.max().item() <= bound + 1e-12
+        assert eym_bound(values, k, lipschitz=3.0, input_norm=radius) == pytest.approx(3 * bound)
+    assert eym_bound(values, 8) == 0.0
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: singular_spectrum(LowRankLinear(4, 3, 2)), TypeError,
+         r"\(for a LowRankLinear pass layer.weight_posterior\(guide\)\), got LowRankLinear"),
+        (lambda: singular_spectrum([[1.0]]), TypeError, "a torch.nn.Linear or a LowRankMatrixNormal, got list"),
+        (lambda: singular_spectrum(torch.ones(3)), ValueError, r"at least 2 dimensions, got \(3,\)"),
+        (lambda: singular_spectrum(torch.ones(3, 3, dtype=torch.long)), TypeError, "floating-point tensor, got dtype torch.int64"),
+        (lambda: tail_energy(torch.tensor([1.0, 2.0])), ValueError, r"descending order .* got \[1.0, 2.0\]"),
+        (lambda: tail_energy(torch.tensor([1.0, -2.0])), ValueError, "must be >= 0, got minimum -2"),
+        (lambda: energy_fraction(torch.tensor([float("inf")])), ValueError, "only finite values, got 0 NaN and 1 Inf"),
+        (lambda: energy_fraction(torch.tensor(1.0)), ValueError, r"shape \(..., p\) with p >= 1, got \(\)"),
+        (lambda: suggest_rank(torch.tensor([2.0, 1.0]), energy=0.0), ValueError, r"energy must be a number in \(0, 1\], got 0.0"),
+        (lambda: suggest_rank(torch.tensor([2.0, 1.0]), energy=1.5), ValueError, r"energy must be a number in \(0, 1\], got 1.5"),
+        (lambda: suggest_rank(torch.randn(2, 4, 3)), ValueError, r"single matrix .* shape \(2, 3\)"),
+        (lambda: eym_bound(torch.tensor([2.0, 1.0]), 3), ValueError, r"rank must be an integer in \[0, p\] = \[0, 2\], got 3"),
+        (lambda: eym_bound(torch.tensor([2.0, 1.0]), 1.0), ValueError, r"rank must be an integer .* got 1.0"),
+        (lambda: eym_bound(torch.tensor([2.0, 1.0]), 1, lipschitz=-1.0), ValueError, "lipschitz must be a finite number >= 0, got -1.0"),
+        (lambda: eym_bound(torch.tensor([2.0, 1.0]), 1, input_norm=float("nan")), ValueError, "input_norm must be a finite number >= 0"),
+        (lambda: eym_bound(torch.ones(2, 2), 1), ValueError, r"singular_values must have shape \(p,\), got \(2, 2\)"),
+    ],
+)
+def test_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
