@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 
 import torch
 
@@ -43,6 +44,13 @@ def check_positive(value: float | torch.Tensor, name: str) -> None:
         bad = tensor[~(torch.isfinite(tensor) & (tensor > 0))] if tensor.dim() else tensor
         shown = bad.flatten()[:3].tolist() if bad.dim() else bad.item()
         raise ValueError(f"{name} must be finite and > 0 everywhere, got non-positive or non-finite values {shown}")
+
+
+def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
+    """Return ``value`` after checking that it is one of the strings ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
 
 
 def check_probability(value: float, name: str, *, open_interval: bool = True) -> None:

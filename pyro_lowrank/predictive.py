@@ -11,12 +11,13 @@ predictive density is
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pyro
-import pyro.poutine as poutine
-from pyro.poutine.util import site_is_subsample
 import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 
 from pyro_lowrank._validation import check_positive_int
 
@@ -185,6 +186,12 @@ def trace_log_likelihood(trace: poutine.Trace, num_samples: int, *, data_plate: 
         keep = [log_prob.dim() + dims[_DRAWS]]
         if data_plate in dims:
             keep.append(log_prob.dim() + dims[data_plate])
+        elif log_prob.dim() > 1:
+            plates = sorted(name for name in dims if name != _DRAWS)
+            raise ValueError(
+                f"data_plate must name the plate of the observed site {site['name']!r}, one of {plates}; "
+                f"got {data_plate!r}"
+            )
         summed = [d for d in range(log_prob.dim()) if d not in keep]
         log_prob = log_prob.sum(summed) if summed else log_prob
         log_prob = log_prob.expand(num_samples, *log_prob.shape[1:])

@@ -106,3 +106,10 @@ def test_chunked_predict_keeps_global_sites_global(trained):
     assert whole["layers.0.A"].shape == chunked["layers.0.A"].shape == (6, 8, 2)
     assert torch.equal(whole["layers.0.A"], chunked["layers.0.A"])
     assert chunked["f"].shape == (6, 10, 4)
+
+
+def test_unknown_data_plate_is_an_error_not_a_sum_over_the_data(trained):
+    model, guide = trained
+    x, y = torch.randn(6, 3), torch.randint(0, 4, (6,))
+    with pytest.raises(ValueError, match="data_plate must name the plate of the observed site 'obs', one of \\['data'\\]"):
+        pointwise_log_likelihood(model, guide, x, y, num_samples=4, data_plate="oops")

@@ -17,10 +17,24 @@ def test_readme_opens_with_exactly_two_commands_and_ci_runs_the_test_command_ver
     assert tests in CI_RUN.splitlines()
 
 
-def test_quickstart_snippet_runs():
+def _run_quickstart() -> dict:
     code = re.findall(r"```python\n(.*?)```", README, re.S)[0]
     code = code.replace("num_epochs=200", "num_epochs=5").replace("fit(model, guide, (x, y),", "fit(model, guide, (x, y), progress=False,")
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
+    return namespace
+
+
+def test_quickstart_snippet_runs():
+    namespace = _run_quickstart()
     assert namespace["draws"].shape == (100, 200)
     assert namespace["q_w"].event_shape == (64, 1)
+
+
+def test_diagnostics_snippet_continues_the_quickstart():
+    namespace = _run_quickstart()
+    code = re.findall(r"```python\n(.*?)```", README, re.S)[1]
+    code = code.replace("num_samples=200", "num_samples=40")
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert set(namespace["idata"].groups()) >= {"posterior", "posterior_predictive", "log_likelihood"}
+    assert namespace["canonical"].singular_values.shape == (1,)

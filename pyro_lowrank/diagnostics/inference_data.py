@@ -17,15 +17,20 @@ factors (biases, a learned noise scale) are identifiable and are kept as they ar
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from pyro.poutine.util import site_is_subsample
 import torch
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from pyro_lowrank._validation import check_positive_int
 from pyro_lowrank.diagnostics.canonical import canonicalize
-from pyro_lowrank.predictive import per_draw_value, trace_log_likelihood, vectorized_traces
+from pyro_lowrank.predictive import (
+    per_draw_value,
+    trace_log_likelihood,
+    vectorized_traces,
+)
 
 if TYPE_CHECKING:
     import arviz
@@ -64,7 +69,7 @@ def weight_summaries(
 
 
 def to_inference_data(
-    model: nn.Module,
+    model: Callable,
     guide: Callable,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -75,14 +80,15 @@ def to_inference_data(
     data_plate: str = "data",
     max_weight_entries: int = 64,
     **model_kwargs: Any,
-) -> "arviz.InferenceData":
+) -> arviz.InferenceData:
     r"""Posterior, posterior predictive, observed data and pointwise log likelihood as ArviZ ``InferenceData``.
 
     Parameters
     ----------
-    model : nn.Module
-        A Pyro model ``model(x, y=None, **model_kwargs)`` whose low-rank layers expose ``factor_sites()``
-        (:class:`~pyro_lowrank.nn.LowRankLinear` does).
+    model : callable
+        A Pyro model ``model(x, y=None, **model_kwargs)``. When it is an ``nn.Module``, its low-rank layers (modules
+        exposing ``factor_sites()``, like :class:`~pyro_lowrank.nn.LowRankLinear`) are summarised through W; every
+        other latent site is reported as it is.
     guide : callable
         Its trained guide.
     x, y : torch.Tensor
@@ -109,8 +115,13 @@ def to_inference_data(
     num_chains = check_positive_int(num_chains, "num_chains")
     if num_samples % num_chains:
         raise ValueError(f"num_chains must divide num_samples={num_samples}, got num_chains={num_chains}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module (a PyroModule model), got {type(model).__name__}")
+    if not callable(model):
+        raise TypeError(f"model must be a callable Pyro model, got {type(model).__name__}")
+    if model_kwargs.get("subsample_size") is not None:
+        raise ValueError(
+            "subsample_size must be None: the conditioned and the predictive replay would subsample different "
+            f"minibatches; pass the points to evaluate as x, got subsample_size={model_kwargs['subsample_size']}"
+        )
     if y is None or y.shape[0] != x.shape[0]:
         raise ValueError(
             f"y must hold one target per input: expected first dimension {x.shape[0]}, got "
@@ -123,7 +134,10 @@ def to_inference_data(
 
     factor_site_names = set()
     posterior: dict[str, torch.Tensor] = {}
-    for prefix, (a_site, b_site) in _factorised_weights(model).items():
+    layers = _factorised_weights(model) if isinstance(model, nn.Module) else {}
+    for prefix, (a_site, b_site) in layers.items():
+        if a_site not in conditioned.nodes or b_site not in conditioned.nodes:
+            continue  # a layer that forward() did not use has no draws and no influence on the predictions
         factor_site_names.update((a_site, b_site))
         a = per_draw_value(conditioned.nodes[a_site], num_samples)
         b = per_draw_value(conditioned.nodes[b_site], num_samples)
@@ -150,7 +164,7 @@ def _build_inference_data(
     *,
     data_dim: str,
     obs_site: str,
-) -> "arviz.InferenceData":
+) -> arviz.InferenceData:
     """The single place that talks to ArviZ: per-draw tensors (S, ...) become (chain, draw, ...) arrays.
 
     An ArviZ 1.x (``arviz_base``, DataTree) path replaces only this function (``arviz_base.from_dict`` takes the same

@@ -15,6 +15,7 @@ empirical counterpart on the training set. For a low-rank layer the KL is taken 
 from __future__ import annotations
 
 import math
+import warnings
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -164,7 +165,8 @@ def mcallester_bound(empirical_risk: float | torch.Tensor, kl: float | torch.Ten
     empirical_risk : float or 1-element tensor
         :math:`\hat L(Q)` in [0, 1], the training loss averaged over Q and the data.
     kl : float or 1-element tensor
-        :math:`\mathrm{KL}(Q\|P) \ge 0`, e.g. from :func:`posterior_kl`.
+        :math:`\mathrm{KL}(Q\|P) \ge 0`, e.g. from :func:`posterior_kl`. A negative value (possible for a Monte
+        Carlo estimate when Q is close to P) is replaced by 0 with a ``RuntimeWarning``.
     num_data : int
         N >= 1, the number of training points.
     delta : float
@@ -178,8 +180,12 @@ def mcallester_bound(empirical_risk: float | torch.Tensor, kl: float | torch.Ten
     kl_value = _as_float(kl, "kl")
     if not 0.0 <= risk <= 1.0:
         raise ValueError(f"empirical_risk must lie in [0, 1] (the loss must be bounded in [0, 1]), got {risk!r}")
-    if not math.isfinite(kl_value) or kl_value < 0:
+    if not math.isfinite(kl_value):
         raise ValueError(f"kl must be a finite number >= 0, got {kl_value!r}")
+    if kl_value < 0:  # a Monte Carlo KL estimate (non-conjugate priors) can dip below the true KL >= 0
+        warnings.warn(f"kl={kl_value!r} is negative (a Monte Carlo estimate?); using 0, the smallest valid KL",
+                      RuntimeWarning, stacklevel=2)
+        kl_value = 0.0
     num_data = check_positive_int(num_data, "num_data")
     delta = _as_float(delta, "delta")
     check_probability(delta, "delta")

@@ -45,7 +45,9 @@ def singular_spectrum(weight: WeightLike) -> torch.Tensor:
     Returns
     -------
     torch.Tensor
-        Singular values in descending order, shape ``(..., p)``; same dtype and device as the input.
+        Singular values in descending order; same dtype and device as the input. Shape ``(..., min(m, n))`` for a
+        tensor or ``nn.Linear``, and ``batch_shape + (r,)`` (the rank of the factors, zero-padded) for a
+        ``LowRankMatrixNormal``.
 
     Raises
     ------
@@ -65,6 +67,11 @@ def singular_spectrum(weight: WeightLike) -> torch.Tensor:
             values = torch.cat([values, values.new_zeros(values.shape[:-1] + (r - values.shape[-1],))], dim=-1)
         return values
     if isinstance(weight, nn.Linear):
+        if "weight" in getattr(weight, "_pyro_samples", {}):
+            raise TypeError(
+                "weight is a PyroModule[nn.Linear] whose weight is a PyroSample (each access draws a new random "
+                "matrix): pass a fixed tensor, e.g. the posterior mean of the weight"
+            )
         return torch.linalg.svdvals(weight.weight.detach())
     if isinstance(weight, torch.Tensor):
         if not weight.is_floating_point():

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from pyro_lowrank._validation import check_finite
+from pyro_lowrank._validation import check_choice, check_finite, check_probability
 
 __all__ = [
     "as_float64",
@@ -44,13 +44,6 @@ def output(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "mps":
         return t.to(device=device, dtype=torch.float32)
     return t.to(device)
-
-
-def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
-    """Return ``value`` after checking that it is one of ``choices``."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-    return value
 
 
 def prob_tolerance(dtype: torch.dtype) -> float:
@@ -174,8 +167,9 @@ def check_level(level: object, name: str = "level") -> float:
     """Return ``level`` as a float after checking that it is a real number in (0, 1) (a one-element tensor is fine)."""
     if isinstance(level, torch.Tensor) and level.numel() == 1 and not level.is_complex():
         level = level.item()
-    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0.0 < float(level) < 1.0:
+    if isinstance(level, bool) or not isinstance(level, numbers.Real):
         raise ValueError(f"{name} must be a real number in (0, 1), got {level!r} of type {type(level).__name__}")
+    check_probability(float(level), name)
     return float(level)
 
 

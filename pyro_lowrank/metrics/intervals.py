@@ -54,7 +54,8 @@ def _mixture_quantiles(mu: torch.Tensor, sigma: torch.Tensor, q: torch.Tensor, s
     z = torch.special.ndtri(q)  # (K,)
     component = mu.unsqueeze(0) + z[:, None, None] * sigma.unsqueeze(0)  # (K, S, N)
     lo, hi = component.min(1).values, component.max(1).values
-    tol = BISECTION_RTOL * std
+    # relative to the spread, floored at a few float64 ulps of the location (a bracket cannot shrink below that)
+    tol = torch.maximum(BISECTION_RTOL * std, 4 * torch.finfo(torch.float64).eps * torch.maximum(lo.abs(), hi.abs()))
     target = q.unsqueeze(-1)
     for _ in range(BISECTION_MAX_ITER):
         if bool((hi - lo <= tol).all()):

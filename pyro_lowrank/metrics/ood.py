@@ -18,10 +18,10 @@ detector of a positive class. With positives :math:`P` and negatives :math:`Q`:
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pyro_lowrank.metrics._checks import (
     check_choice,
@@ -77,6 +77,8 @@ def ood_detection_from_scores(scores_in: torch.Tensor, scores_out: torch.Tensor)
     u_out = check_nonempty_1d(scores_out, "scores_out")
     scores = np.concatenate([_numpy(u_in), _numpy(u_out)])
     is_out = np.concatenate([np.zeros(u_in.numel()), np.ones(u_out.numel())])
+    from sklearn.metrics import average_precision_score, roc_auc_score  # imported on use: ~1 s at import time
+
     return {
         "auroc": _unit(roc_auc_score(is_out, scores)),
         "aupr_ood": _unit(average_precision_score(is_out, scores)),
@@ -141,10 +143,15 @@ def misclassification_detection(
         ``"auroc"``: AUROC with errors positive; ``"aupr_err"``: average precision with errors positive and score
         :math:`u`; ``"aupr_succ"``: average precision with correct predictions positive and score :math:`-u`.
 
+    Notes
+    -----
+    When every prediction is correct or every prediction is wrong the three numbers are undefined: they are NaN and
+    a ``RuntimeWarning`` says why (so evaluation loops over small or perfect test sets keep running).
+
     Raises
     ------
     ValueError
-        If every prediction is correct or every prediction is wrong (AUROC is then undefined), or on invalid input.
+        On invalid input.
     """
     score = check_choice(score, "score", SCORES)
     p = check_probs(probs, y=y)
@@ -152,10 +159,15 @@ def misclassification_detection(
     wrong = _numpy(p.mean(0).argmax(-1) != labels)
     num_wrong = int(wrong.sum())
     if num_wrong in (0, wrong.size):
-        raise ValueError(
-            "misclassification_detection needs both correct and misclassified examples in probs and y (AUROC is "
-            f"undefined otherwise), got {num_wrong} misclassified out of {wrong.size}"
+        warnings.warn(
+            "misclassification_detection needs both correct and misclassified examples (AUROC is undefined "
+            f"otherwise), got {num_wrong} misclassified out of {wrong.size}: returning NaN",
+            RuntimeWarning,
+            stacklevel=2,
         )
+        return {"auroc": math.nan, "aupr_err": math.nan, "aupr_succ": math.nan}
+    from sklearn.metrics import average_precision_score, roc_auc_score  # imported on use: ~1 s at import time
+
     u = _numpy(_SCORE_FUNCTIONS[score](p))
     return {
         "auroc": _unit(roc_auc_score(wrong, u)),

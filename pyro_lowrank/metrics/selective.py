@@ -1,12 +1,21 @@
 r"""Selective prediction: a metric on the examples the model is most certain about.
 
 Given a per-example quantity :math:`v_i` (e.g. 0/1 correctness for accuracy, or the absolute error for MAE) and an
-uncertainty :math:`u_i`, order the examples by increasing uncertainty with a stable sort (ties keep their input
-order), :math:`u_{\pi(1)} \le \dots \le u_{\pi(N)}`. At retention :math:`r \in (0, 1]` the model answers the
-:math:`k(r) = \lceil r N \rceil` least uncertain examples and the selective value is
+uncertainty :math:`u_i`, order the examples by increasing uncertainty, :math:`u_{\pi(1)} \le \dots \le u_{\pi(N)}`.
+At retention :math:`r \in (0, 1]` the model answers the :math:`k(r) = \lceil r N \rceil` least uncertain examples and
+the selective value is
 
 .. math::
     V(r) = \frac{1}{k(r)} \sum_{j=1}^{k(r)} v_{\pi(j)} .
+
+Ties are broken at random *in expectation*: if the cut falls inside a group :math:`T` of equal uncertainty, with
+:math:`L` examples strictly less uncertain than the group, the group contributes :math:`(k - L)` times its mean,
+
+.. math::
+    V(r) = \frac{1}{k} \Big( \sum_{j \le L} v_{\pi(j)} + (k - L) \frac{1}{|T|} \sum_{i \in T} v_i \Big),
+
+so the result never depends on the order of the data (a constant score, e.g. the zero mutual information of a
+deterministic network, gives :math:`V(r) = \bar v` at every retention).
 
 :math:`V(1)` is the plain mean of :math:`v`. A useful uncertainty makes :math:`V` improve as :math:`r` decreases
 (accuracy rises, error falls).
@@ -33,10 +42,14 @@ def _kept(retention: float, num: int) -> int:
 
 
 def _curve(values: torch.Tensor, uncertainty: torch.Tensor, retention: list[float]) -> torch.Tensor:
-    order = torch.sort(uncertainty, stable=True).indices
-    running = values[order].cumsum(0)
+    sorted_u, order = torch.sort(uncertainty)
+    running = torch.cat([values.new_zeros(1), values[order].cumsum(0)])
     kept = torch.tensor([_kept(r, values.numel()) for r in retention], device=values.device)
-    return running[kept - 1] / kept.to(torch.float64)
+    cut = sorted_u[kept - 1]
+    below = torch.searchsorted(sorted_u, cut, right=False)  # L: strictly less uncertain than the cut's tie group
+    end = torch.searchsorted(sorted_u, cut, right=True)
+    group_mean = (running[end] - running[below]) / (end - below).to(torch.float64)
+    return (running[below] + (kept - below).to(torch.float64) * group_mean) / kept.to(torch.float64)
 
 
 def _inputs(values: torch.Tensor, uncertainty: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,11 +9,11 @@ headless (no display, any backend) and never leaks global figure state; save wit
 * :func:`correlation_heatmap` — weight-entry correlations, closed form beside Monte Carlo.
 """
 
-from .calibration import reliability_diagram
-from .correlation import correlation_heatmap
-from .regression import ppc_band
-from .spectrum import spectrum_plot
-from .uncertainty import selective_prediction_plot, uncertainty_histogram
+from pyro_lowrank.plots.calibration import reliability_diagram
+from pyro_lowrank.plots.correlation import correlation_heatmap
+from pyro_lowrank.plots.regression import ppc_band
+from pyro_lowrank.plots.spectrum import spectrum_plot
+from pyro_lowrank.plots.uncertainty import selective_prediction_plot, uncertainty_histogram
 
 __all__ = [
     "correlation_heatmap",

@@ -5,7 +5,11 @@ from __future__ import annotations
 import torch
 from matplotlib.figure import Figure
 
-from pyro_lowrank.metrics import picp, predictive_interval, regression_predictive_moments
+from pyro_lowrank.metrics import (
+    picp,
+    predictive_interval,
+    regression_predictive_moments,
+)
 
 __all__ = ["ppc_band"]
 
@@ -40,14 +44,19 @@ def ppc_band(
     num_draws : int
         Also draw the first ``num_draws`` per-draw mean curves :math:`\mu_{s,\cdot}` (function-space samples).
     """
-    x = x.detach().cpu().to(torch.float64)
+    x = torch.as_tensor(x).detach().cpu().to(torch.float64)
     if x.dim() == 2 and x.shape[1] == 1:
         x = x[:, 0]
     if x.dim() != 1:
         raise ValueError(f"x must have shape (N,) or (N, 1) for a band plot, got {tuple(x.shape)}")
-    means, scales = means.detach().cpu().to(torch.float64), scales.detach().cpu().to(torch.float64)
+    means = torch.as_tensor(means).detach().cpu().to(torch.float64)
+    scales = torch.as_tensor(scales).detach().cpu().to(torch.float64)
     if means.dim() != 2 or means.shape[1] != x.shape[0]:
         raise ValueError(f"means must have shape (S, {x.shape[0]}) to match x, got {tuple(means.shape)}")
+    if y is not None:
+        y = torch.as_tensor(y).detach().cpu().to(torch.float64).reshape(-1)
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"y must have {x.shape[0]} targets to match x, got shape {tuple(y.shape)}")
     order = torch.argsort(x)
     xs = x[order].numpy()
     mean, _ = regression_predictive_moments(means, scales)
@@ -60,7 +69,6 @@ def ppc_band(
         ax.plot(xs, means[s, order].numpy(), color="C0", linewidth=0.5, alpha=0.4)
     title = "posterior predictive"
     if y is not None:
-        y = y.detach().cpu().to(torch.float64).reshape(-1)
         ax.scatter(xs, y[order].numpy(), s=8, color="black", label="observed")
         title += f" (PICP {picp(means, scales, y, level=level, method=method):.3f} at {level:.0%})"
     ax.set_title(title)

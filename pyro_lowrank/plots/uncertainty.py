@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from pyro_lowrank._validation import check_positive_int
 from pyro_lowrank.metrics import ood_detection_from_scores
 
 __all__ = ["selective_prediction_plot", "uncertainty_histogram"]
@@ -24,8 +25,9 @@ def uncertainty_histogram(
     The better the two histograms separate, the higher the OOD AUROC, shown in the title (the probability that a
     random OOD input scores above a random in-distribution input).
     """
-    scores_in = scores_in.detach().cpu().to(torch.float64).reshape(-1)
-    scores_out = scores_out.detach().cpu().to(torch.float64).reshape(-1)
+    num_bins = check_positive_int(num_bins, "num_bins")
+    scores_in = torch.as_tensor(scores_in).detach().cpu().to(torch.float64).reshape(-1)
+    scores_out = torch.as_tensor(scores_out).detach().cpu().to(torch.float64).reshape(-1)
     result = ood_detection_from_scores(scores_in, scores_out)
     both = torch.cat([scores_in, scores_out])
     low, high = float(both.min()), float(both.max())
@@ -58,9 +60,13 @@ def selective_prediction_plot(
     for name, curve in curves.items():
         if "retention" not in curve or "value" not in curve:
             raise ValueError(f"curves[{name!r}] must have keys 'retention' and 'value', got {sorted(curve)}")
-        retention = torch.as_tensor(curve["retention"]).detach().cpu().numpy()
-        ax.plot(retention, torch.as_tensor(curve["value"]).detach().cpu().numpy(), marker="o", markersize=3,
-                label=name)
+        retention = torch.as_tensor(curve["retention"]).detach().cpu().reshape(-1)
+        value = torch.as_tensor(curve["value"]).detach().cpu().reshape(-1)
+        if retention.shape != value.shape:
+            raise ValueError(f"curves[{name!r}]: 'retention' and 'value' must have the same length, got "
+                             f"{retention.numel()} and {value.numel()}")
+        order = torch.argsort(retention)
+        ax.plot(retention[order].numpy(), value[order].numpy(), marker="o", markersize=3, label=name)
     ax.set_xlabel("retained fraction")
     ax.set_ylabel(ylabel)
     ax.set_title(f"selective prediction: {ylabel} vs retention")

@@ -5,12 +5,11 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from matplotlib.figure import Figure
+from pyro_lowrank.inference import fit
+from pyro_lowrank.models import LowRankMLP
 
 from pyro_lowrank.diagnostics import to_inference_data, weight_summaries
 from pyro_lowrank.guides import FactorGuide
-from pyro_lowrank.inference import fit
-from pyro_lowrank.models import LowRankMLP
 from pyro_lowrank.predictive import pointwise_log_likelihood, predict
 
 
@@ -105,8 +104,32 @@ def test_classifier_and_errors():
         to_inference_data(model, guide, x, y[:5], num_samples=8)
     with pytest.raises(ValueError, match="obs_site must name the model's observed site"):
         to_inference_data(model, guide, x, y, num_samples=8, obs_site="y")
-    with pytest.raises(TypeError, match="model must be an nn.Module"):
-        to_inference_data(lambda x, y=None: None, guide, x, y)
+    with pytest.raises(TypeError, match="model must be a callable Pyro model"):
+        to_inference_data("model", guide, x, y)
+    with pytest.raises(ValueError, match="subsample_size must be None"):
+        to_inference_data(model, guide, x, y, num_samples=8, subsample_size=4)
+    with pytest.raises(ValueError, match="data_plate must name the plate of the observed site 'obs'"):
+        to_inference_data(model, guide, x, y, num_samples=8, data_plate="batch")
+
+
+def test_a_plain_pyro_model_with_an_autoguide():
+    import pyro.distributions as dist
+    from pyro.infer.autoguide import AutoNormal
+
+    def model(x, y=None):
+        slope = pyro.sample("slope", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("obs", dist.Normal(slope * x, 0.5), obs=y)
+
+    x = torch.linspace(-1, 1, 12)
+    y = 2 * x
+    guide = AutoNormal(model)
+    guide(x, y)
+    idata = to_inference_data(model, guide, x, y, num_samples=16)
+    assert idata.posterior["slope"].shape == (1, 16)
+    np.testing.assert_allclose(idata.log_likelihood["obs"].values[0],
+                               dist.Normal(torch.tensor(idata.posterior["slope"].values[0])[:, None] * x, 0.5)
+                               .log_prob(y).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_weight_summaries_match_dense_svd_and_skip_large_weights():

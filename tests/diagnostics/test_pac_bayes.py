@@ -140,7 +140,6 @@ def test_mcallester_bound_monotonicity():
     [
         ((1.5, 1.0, 10), ValueError, r"empirical_risk must lie in \[0, 1\] .* got 1.5"),
         ((-0.1, 1.0, 10), ValueError, r"empirical_risk must lie in \[0, 1\]"),
-        ((0.1, -1.0, 10), ValueError, "kl must be a finite number >= 0, got -1.0"),
         ((0.1, float("inf"), 10), ValueError, "kl must be a finite number >= 0, got inf"),
         ((0.1, 1.0, 0), ValueError, "num_data must be a positive integer, got 0"),
         ((0.1, 1.0, 10.5), ValueError, "num_data must be a positive integer, got 10.5"),
@@ -153,3 +152,9 @@ def test_mcallester_bound_monotonicity():
 def test_mcallester_bound_errors(args, error, match):
     with pytest.raises(error, match=match):
         mcallester_bound(*args)
+
+
+def test_negative_monte_carlo_kl_is_clamped_with_a_warning():
+    with pytest.warns(RuntimeWarning, match="kl=-0.01 is negative"):
+        bound = mcallester_bound(0.1, -0.01, 100)
+    assert bound == pytest.approx(mcallester_bound(0.1, 0.0, 100))

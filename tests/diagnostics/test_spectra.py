@@ -144,3 +144,13 @@ def test_eym_bound_bounds_a_lipschitz_loss():
 def test_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_a_bayesian_pyro_linear_is_refused():
+    import pyro.distributions as dist
+    from pyro.nn import PyroModule, PyroSample
+
+    layer = PyroModule[torch.nn.Linear](4, 3)
+    layer.weight = PyroSample(dist.Normal(0.0, 1.0).expand([3, 4]).to_event(2))
+    with pytest.raises(TypeError, match="PyroSample"):
+        singular_spectrum(layer)

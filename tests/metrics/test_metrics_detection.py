@@ -101,8 +101,9 @@ def test_misclassification_detection_matches_pairwise_auroc():
 
 
 @pytest.mark.parametrize("all_right", [True, False])
-def test_misclassification_detection_needs_both_outcomes(all_right):
+def test_misclassification_detection_is_nan_with_a_warning_without_both_outcomes(all_right):
     probs = torch.tensor([[[0.8, 0.2], [0.7, 0.3]]])
     y = torch.tensor([0, 0]) if all_right else torch.tensor([1, 1])
-    with pytest.raises(ValueError, match=r"probs and y \(AUROC is undefined"):
-        misclassification_detection(probs, y)
+    with pytest.warns(RuntimeWarning, match=f"got {0 if all_right else 2} misclassified out of 2: returning NaN"):
+        out = misclassification_detection(probs, y)
+    assert set(out) == {"auroc", "aupr_err", "aupr_succ"} and all(math.isnan(v) for v in out.values())

@@ -26,10 +26,17 @@ def test_kept_count_is_ceil_without_round_off():
     assert selective_prediction(values, values, 0.01) == 0.0  # at least one example is kept
 
 
-def test_ties_keep_input_order():
+def test_ties_are_averaged_so_the_data_order_does_not_matter():
     values = torch.tensor([1.0, 0.0, 0.0, 0.0])
-    assert selective_prediction(values, torch.zeros(4), 0.25) == 1.0
-    assert selective_prediction(values.flip(0), torch.zeros(4), 0.25) == 0.0
+    # one tie group: V(r) is the group mean whatever the order (a deterministic net's MI = 0 everywhere)
+    assert selective_prediction(values, torch.zeros(4), 0.25) == 0.25
+    assert selective_prediction(values.flip(0), torch.zeros(4), 0.25) == 0.25
+    # cut inside a group: v = [5 | 1, 0, 0, 1] with u = [0 | 1, 1, 1, 1]; k = 3 keeps 5 and two of the group (mean 0.5)
+    values = torch.tensor([1.0, 0.0, 5.0, 0.0, 1.0])
+    uncertainty = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0])
+    assert selective_prediction(values, uncertainty, 0.6) == pytest.approx((5 + 2 * 0.5) / 3)
+    perm = torch.randperm(5)
+    assert selective_prediction(values[perm], uncertainty[perm], 0.6) == pytest.approx((5 + 2 * 0.5) / 3)
 
 
 def test_default_grid_and_full_retention_is_the_mean():

@@ -104,9 +104,9 @@ CASES = {
     "y regression NaN": (lambda: M.mae(MEANS, _with(YR, 0, float("nan"))), r"y must contain only finite"),
     "level 1": (
         lambda: M.predictive_interval(MEANS, SCALES, level=1.0),
-        r"level must be a real number in \(0, 1\), got 1\.0",
+        r"level must lie in \(0, 1\), got 1\.0",
     ),
-    "level 0": (lambda: M.picp(MEANS, SCALES, YR, level=0), r"level must be a real number in \(0, 1\), got 0"),
+    "level 0": (lambda: M.picp(MEANS, SCALES, YR, level=0), r"level must lie in \(0, 1\), got 0\.0"),
     "level str": (lambda: M.mpiw(MEANS, SCALES, level="0.9"), r"level must be a real number in \(0, 1\), got '0\.9'"),
     "levels outside": (
         lambda: M.coverage_curve(MEANS, SCALES, YR, levels=[0.5, 1.0]),
