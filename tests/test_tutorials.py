@@ -22,6 +22,7 @@ from jupyter_client.manager import AsyncKernelManager  # noqa: E402
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 CELL_TIMEOUT_S = 300
+NOTEBOOKS = sorted(path.name for path in TUTORIALS.glob("*.ipynb"))
 
 
 class ThisInterpreterKernelManager(AsyncKernelManager):
@@ -68,7 +69,7 @@ def test_kernel_manager_uses_this_interpreter():
     assert ThisInterpreterKernelManager(kernel_name="python3").kernel_spec.argv[0] == sys.executable
 
 
-@pytest.mark.parametrize("name", ["01_quickstart.ipynb"])
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_tutorial_smoke(name, tmp_path, monkeypatch):
     monkeypatch.setenv("SMOKE_TEST", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -79,7 +80,7 @@ def test_tutorial_smoke(name, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["01_quickstart.ipynb"])
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_tutorial_full(name, tmp_path, monkeypatch):
     monkeypatch.delenv("SMOKE_TEST", raising=False)
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -87,6 +88,10 @@ def test_tutorial_full(name, tmp_path, monkeypatch):
     out = _stdout(nb)
     assert "SMOKE=False" in out, out[:2000]
     print(f"{name} (full) ran in {seconds:.1f} s\n{out}")
+
+
+def test_every_tutorial_is_executed():
+    assert NOTEBOOKS[:2] == ["01_quickstart.ipynb", "02_diagnostics.ipynb"]
 
 
 def test_tutorials_are_stored_without_outputs():
