@@ -1,14 +1,19 @@
-"""Drivers: the SVI fit loop, vectorised prediction, checkpoints, deterministic training, the CLI."""
+"""Drivers: the SVI fit loop, vectorised prediction, checkpoints, deterministic training, SWAG, Laplace, the
+compared methods (:mod:`.methods`), the comparison and the CLI."""
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .deterministic import train_deterministic
 from .fit import FitResult, fit
 from .kl_weight import KLWeight, linear_kl_schedule
+from .laplace import LaplaceApproximation
 from .predict import log_predictive_density, max_plate_nesting, pointwise_log_likelihood, predict, vectorized_traces
+from .swag import SWAG
 
 __all__ = [
     "FitResult",
     "KLWeight",
+    "LaplaceApproximation",
+    "SWAG",
     "fit",
     "linear_kl_schedule",
     "load_checkpoint",

@@ -18,6 +18,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=60, help="training epochs for both networks")
     demo.add_argument("--num-samples", type=int, default=100, help="posterior draws for the predictive")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    compare = sub.add_parser("compare", help="every method on the demo dataset (digits 0-7, OOD 8-9): one table")
+    compare.add_argument("--methods", default=None,
+                         help="comma-separated method names (default: all registered baselines and low-rank)")
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--epochs", type=int, default=60, help="training epochs of every method")
+    compare.add_argument("--num-samples", type=int, default=100, help="predictive draws per method")
+    compare.add_argument("--format", choices=["table", "markdown", "json"], default="table")
+    compare.add_argument("--out", default=None, help="also write the formatted results to this file")
+    compare.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -31,6 +40,18 @@ def main(argv: list[str] | None = None) -> int:
                            progress=not args.quiet)
         print(format_table(results))
         print(f"reliability diagram: {args.out}/reliability.png")
+    elif args.command == "compare":
+        from .compare import format_results, run_compare
+
+        methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+        results = run_compare(methods, seed=args.seed, num_epochs=args.epochs, num_samples=args.num_samples,
+                              progress=not args.quiet)
+        text = format_results(results, args.format)
+        print(text)
+        if args.out:
+            from pathlib import Path
+
+            Path(args.out).write_text(text + "\n")
     return 0
 
 

@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from pyro_lowrank._validation import check_finite, check_positive_int
 
-__all__ = ["train_deterministic"]
+__all__ = ["LOSSES", "train_deterministic"]
 
-_LOSSES = {
+LOSSES = {
     "categorical": lambda f, y: F.cross_entropy(f, y.long()),
     "bernoulli": lambda f, y: F.binary_cross_entropy_with_logits(f.squeeze(-1), y.to(f.dtype)),
     "gaussian": lambda f, y: F.mse_loss(f.squeeze(-1), y.to(f.dtype)),
@@ -48,13 +48,13 @@ def train_deterministic(
     likelihood : {"categorical", "bernoulli", "gaussian"}
         Selects the loss.
     """
-    if likelihood not in _LOSSES:
-        raise ValueError(f"likelihood must be one of {sorted(_LOSSES)}, got {likelihood!r}")
+    if likelihood not in LOSSES:
+        raise ValueError(f"likelihood must be one of {sorted(LOSSES)}, got {likelihood!r}")
     x, y = data
     check_finite(x, "data[0] (x)")
     num_epochs = check_positive_int(num_epochs, "num_epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
-    loss_fn = _LOSSES[likelihood]
+    loss_fn = LOSSES[likelihood]
     generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     start = time.perf_counter()

@@ -15,7 +15,9 @@ def test_readme_opens_with_exactly_two_commands_and_ci_runs_the_test_command_ver
     assert len(commands) == 2 and all("\n" not in c for c in commands)
     demo, tests = commands
     assert "pip install torch==2.13.0" in demo and "pyro-lowrank demo" in demo
-    assert "pip install torch==2.13.0" in tests and "pytest" in tests
+    # the tests need laplace-torch, hence torchvision, hence the torch build that has a matching torchvision
+    assert "pip install torch==2.14.1 torchvision==0.29.1 &&" in tests and "pytest" in tests
+    assert tests.index("torch==2.14.1") < tests.index('pip install -e ".[test]"')
     assert tests in CI_RUN.splitlines()
 
 
@@ -41,3 +43,10 @@ def test_diagnostics_snippet_continues_the_quickstart():  # PSIS warns: the snip
     exec(compile(code, "README.md", "exec"), namespace)
     assert set(namespace["idata"].groups()) >= {"posterior", "posterior_predictive", "log_likelihood"}
     assert namespace["canonical"].singular_values.shape == (1,)
+
+
+def test_baselines_snippet_builds_a_method():
+    code = re.findall(r"```python\n(.*?)```", README, re.S)[2]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["method"].name == "lowrank_svd" and "mean_field" in namespace["available_methods"]()

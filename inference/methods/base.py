@@ -1,0 +1,232 @@
+r"""One interface for every method we compare: fit on data, return predictive draws, count parameters, time training.
+
+A method turns inputs into *predictive draws*: S per-draw predictive distributions for each input, the form every metric
+of :mod:`pyro_lowrank.metrics` consumes, so all methods are scored by the same code.
+
+* classification (``likelihood="categorical"``): ``{"probs": (S, N, C)}``, per-draw class probabilities
+  :math:`p_s(y \mid x_i)`;
+* regression (``likelihood="gaussian"``): ``{"mean": (S, N), "scale": (S, N)}``, per-draw Gaussians
+  :math:`\mathcal N(\mu_{s,i}, \sigma_{s,i}^2)` (the predictive is their equal-weight mixture).
+
+Methods with a finite set of members (a deterministic net: S = 1; a deep ensemble: S = M) return that many draws
+whatever ``num_samples`` asks for; sampling-based methods return ``num_samples`` draws.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from pyro_lowrank._validation import check_choice, check_positive, check_positive_int
+from pyro_lowrank.predictive import predict
+
+from ..fit import fit
+
+__all__ = ["LIKELIHOODS", "Method", "PyroMethod", "count_parameters", "outputs_to_draws"]
+
+logger = logging.getLogger(__name__)
+
+LIKELIHOODS = ("categorical", "gaussian")
+
+Data = tuple[torch.Tensor, torch.Tensor]
+
+
+def outputs_to_draws(f: torch.Tensor, likelihood: str, noise_scale: float | torch.Tensor = 1.0) -> dict[str, torch.Tensor]:
+    r"""Per-draw network outputs ``f`` to predictive draws: softmax of logits ``(S, N, C)`` for ``"categorical"``;
+    means ``(S, N)`` (a trailing output dimension of 1 is dropped) with the noise scale broadcast for ``"gaussian"``."""
+    likelihood = check_choice(likelihood, "likelihood", LIKELIHOODS)
+    if likelihood == "categorical":
+        if f.dim() != 3:
+            raise ValueError(f"categorical outputs must have shape (S, N, C), got {tuple(f.shape)}")
+        return {"probs": torch.softmax(f, dim=-1)}
+    if f.dim() == 3 and f.shape[-1] == 1:
+        f = f.squeeze(-1)
+    if f.dim() != 2:
+        raise ValueError(f"gaussian outputs must have shape (S, N) or (S, N, 1), got {tuple(f.shape)}")
+    scale = torch.as_tensor(noise_scale, dtype=f.dtype, device=f.device).detach()
+    return {"mean": f, "scale": scale.expand_as(f).clone()}
+
+
+def count_parameters(modules: Iterable[nn.Module]) -> int:
+    """Number of learned scalars (``requires_grad`` parameters), each tensor counted once across ``modules``."""
+    seen: dict[int, int] = {}
+    for module in modules:
+        for p in module.parameters():
+            if p.requires_grad:
+                seen[id(p)] = p.numel()
+    return sum(seen.values())
+
+
+class Method(abc.ABC):
+    """Base class of the compared methods.
+
+    Parameters
+    ----------
+    in_features : int
+        Input width.
+    hidden_features : sequence of int
+        Hidden widths of the MLP every method is built on.
+    likelihood : {"categorical", "gaussian"}
+        Classification or regression.
+    num_classes : int, optional
+        C, required for ``"categorical"``.
+    noise_scale : float
+        Fixed observation noise standard deviation for ``"gaussian"`` (shared by all methods, so the comparison is
+        about the weight uncertainty).
+    num_epochs, batch_size, lr : training settings.
+    seed : int
+        Seed of initialisation and minibatch order (reproducible on CPU).
+    progress : bool
+        Show tqdm progress bars.
+
+    Attributes
+    ----------
+    training_seconds : float
+        Wall time of :meth:`fit` (NaN before fitting).
+    """
+
+    name: str = "method"
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: Sequence[int],
+        *,
+        likelihood: str = "categorical",
+        num_classes: int | None = None,
+        noise_scale: float = 1.0,
+        num_epochs: int = 100,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> None:
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.hidden_features = [check_positive_int(h, "hidden_features") for h in hidden_features]
+        self.likelihood = check_choice(likelihood, "likelihood", LIKELIHOODS)
+        if self.likelihood == "categorical":
+            if num_classes is None:
+                raise ValueError("num_classes is required for likelihood='categorical', got None")
+            self.num_classes = check_positive_int(num_classes, "num_classes")
+        else:
+            self.num_classes = None
+        check_positive(noise_scale, "noise_scale")
+        self.noise_scale = float(noise_scale)
+        self.num_epochs = check_positive_int(num_epochs, "num_epochs")
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        check_positive(lr, "lr")
+        self.lr = float(lr)
+        self.seed = int(seed)
+        self.progress = bool(progress)
+        self.training_seconds = float("nan")
+        self._fitted = False
+
+    @property
+    def out_features(self) -> int:
+        """Network output width: C for classification, 1 for regression."""
+        return self.num_classes if self.likelihood == "categorical" else 1
+
+    def fit(self, train: Data, val: Data | None = None) -> "Method":
+        """Fit on ``train = (x, y)`` (``val`` for early stopping or model selection where a method uses it); sets
+        :attr:`training_seconds` and returns ``self``."""
+        x, y = train
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"train x must have shape (N, {self.in_features}), got {tuple(x.shape)}")
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"train y must have {x.shape[0]} entries to match x, got shape {tuple(y.shape)}")
+        self.training_seconds = float(self._fit(train, val))
+        self._fitted = True
+        logger.info("%s fitted in %.2f s (%d parameters)", self.name, self.training_seconds, self.num_parameters)
+        return self
+
+    def predictive_draws(self, x: torch.Tensor, num_samples: int = 100) -> dict[str, torch.Tensor]:
+        """Predictive draws for inputs ``x`` (see the module docstring), computed without gradients."""
+        if not self._fitted:
+            raise RuntimeError(f"{self.name}: call fit(train, val) before predictive_draws")
+        num_samples = check_positive_int(num_samples, "num_samples")
+        with torch.no_grad():
+            return self._predictive_draws(x, num_samples)
+
+    @property
+    @abc.abstractmethod
+    def num_parameters(self) -> int:
+        """Learned and stored scalars (for Bayesian methods: every variational parameter; for ensembles: all
+        members)."""
+
+    @abc.abstractmethod
+    def _fit(self, train: Data, val: Data | None) -> float:
+        """Train and return the wall time in seconds."""
+
+    @abc.abstractmethod
+    def _predictive_draws(self, x: torch.Tensor, num_samples: int) -> dict[str, torch.Tensor]:
+        """Predictive draws (called under ``torch.no_grad()``)."""
+
+    def _draws(self, f: torch.Tensor) -> dict[str, torch.Tensor]:
+        return outputs_to_draws(f, self.likelihood, self.noise_scale)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, hidden_features={self.hidden_features})"
+
+
+class PyroMethod(Method):
+    """A method given by a Pyro model/guide pair: trained by :func:`pyro_lowrank.inference.fit` (ELBOModule route,
+    minibatch plate scaling, KL annealing, validation early stopping) and predicted by
+    :func:`pyro_lowrank.predictive.predict` (S guide draws in one vectorised pass).
+
+    Subclasses implement :meth:`build` returning ``(model, guide)``; the model must follow the library's convention
+    ``model(x, y=None, *, num_data=None)`` with a data plate named ``"data"`` and record the network output as the
+    deterministic site ``"f"``. ``num_parameters`` counts the guide's parameters plus the model's learned ones.
+
+    Extra parameters: ``kl_anneal_epochs`` (linear KL warm-up), ``patience`` (early stopping on validation NLL),
+    ``num_particles`` (ELBO particles), ``val_num_samples``.
+    """
+
+    def __init__(self, *args: Any, kl_anneal_epochs: float = 0.0, patience: int | None = None,
+                 num_particles: int = 1, val_num_samples: int = 16, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kl_anneal_epochs = float(kl_anneal_epochs)
+        self.patience = patience
+        self.num_particles = check_positive_int(num_particles, "num_particles")
+        self.val_num_samples = check_positive_int(val_num_samples, "val_num_samples")
+        self.model: nn.Module | None = None
+        self.guide: nn.Module | None = None
+
+    @abc.abstractmethod
+    def build(self, train: Data) -> tuple[nn.Module, nn.Module]:
+        """Construct ``(model, guide)`` (may use the training data, e.g. for an SVD initialisation)."""
+
+    def _fit(self, train: Data, val: Data | None) -> float:
+        torch.manual_seed(self.seed)
+        self.model, self.guide = self.build(train)
+        result = fit(
+            self.model,
+            self.guide,
+            train,
+            val_data=val,
+            num_epochs=self.num_epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            num_particles=self.num_particles,
+            kl_anneal_epochs=self.kl_anneal_epochs,
+            patience=self.patience if val is not None else None,
+            val_num_samples=self.val_num_samples,
+            seed=self.seed,
+            progress=self.progress,
+        )
+        self.fit_result = result
+        return result.seconds
+
+    def _predictive_draws(self, x: torch.Tensor, num_samples: int) -> dict[str, torch.Tensor]:
+        f = predict(self.model, self.guide, x, num_samples=num_samples)["f"]
+        return self._draws(f)
+
+    @property
+    def num_parameters(self) -> int:
+        if self.model is None:
+            raise RuntimeError(f"{self.name}: the model is built by fit(); num_parameters is known after fitting")
+        return count_parameters([self.model, self.guide])
