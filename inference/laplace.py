@@ -33,7 +33,13 @@ and converts the outputs to the library's predictive draws.
     scores :math:`-\log \mathcal N(y; \mu, \Sigma + \sigma^2)`. The score is passed to laplace-torch as a plain callable
     ``loss``: its default running metric (``RunningNLLMetric``) is never reset between grid points in laplace-torch
     0.3, so every score would be the running mean over the grid so far and the search would return the largest grid
-    value whatever the data.
+    value whatever the data. On the digits comparison (MAP trained without weight decay) the search picks
+    :math:`\lambda \approx 5.6 \cdot 10^2` for the last layer and :math:`10^3` for all weights (test NLL 0.030 and
+    0.031 vs. 0.027 for the MAP network, ECE at or below the MAP network's, OOD AUROC by mutual information 0.95).
+    Such a :math:`\lambda` is not the prior the network was trained under (Adam's weight decay :math:`w` on the mean
+    loss is the prior precision :math:`N w`, 0.086 for :math:`w = 10^{-4}`): post-hoc tuning is an empirical
+    correction of the posterior's spread without retraining, which laplace-torch's authors endorse on empirical
+    grounds (aleximmer/Laplace issues 108 and 280).
   - ``"marglik"``: ``marglik_steps`` Adam steps (rate ``marglik_lr``) on :math:`\log\lambda` maximising the Laplace
     log marginal likelihood :math:`\log p(\mathcal D \mid \theta_*) - \frac12 (\theta_*^\top P_0 \theta_* +
     \log\det P - \log\det P_0)` (``prior_structure`` ``"scalar"``, ``"layerwise"`` or ``"diag"``). For a scalar
@@ -55,10 +61,10 @@ and converts the outputs to the library's predictive draws.
   with the fixed noise :math:`\sigma`, so the predictive is the mixture of :math:`\mathcal N(f_s, \sigma^2)` with
   variance :math:`J P^{-1} J^\top + \sigma^2`.
 
-  laplace-torch draws ``(output_dim, S)`` standard normals *once* for the whole batch (``laplace.utils.normal_samples``):
-  draw :math:`s` is :math:`f_s(x_i) = \mu_i + L_i z_s` with the same :math:`z_s` for every input. Each input's
-  marginal is exact, so per-input metrics (NLL, ECE, entropy, mutual information, intervals) are unaffected, but draws
-  are not independent across inputs (nor the joint GLM posterior over the batch).
+  laplace-torch draws ``(output_dim, S)`` standard normals *once* for the whole batch
+  (``laplace.utils.normal_samples``): draw :math:`s` is :math:`f_s(x_i) = \mu_i + L_i z_s` with the same :math:`z_s`
+  for every input. Each input's marginal is exact, so per-input metrics (NLL, ECE, entropy, mutual information,
+  intervals) are unaffected, but draws are not independent across inputs (nor the joint GLM posterior over the batch).
 
 Stored numbers (``num_parameters``): the :math:`P` network weights (the MAP; for the last-layer variant the frozen
 feature extractor is part of the model, so all :math:`P` count), plus the Hessian approximation as laplace-torch stores
@@ -71,6 +77,7 @@ laplace-torch is an optional dependency (``pip install laplace-torch``); it is i
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
@@ -89,7 +96,11 @@ DEFAULT_HESSIAN = {"last_layer": "kron", "all": "diag"}
 PRIOR_STRUCTURES = ("scalar", "layerwise", "diag")
 TUNING_METHODS = ("gridsearch", "marglik")
 LINK_APPROXIMATIONS = ("probit", "mc")
+#: default prior-precision grid: 10^-2 ... 10^6, three values per decade
+DEFAULT_LOG_PRIOR_PREC_MIN, DEFAULT_LOG_PRIOR_PREC_MAX, DEFAULT_GRID_SIZE = -2.0, 6.0, 25
 _LIKELIHOODS = {"categorical": "classification", "gaussian": "regression"}
+
+logger = logging.getLogger(__name__)
 
 
 def _import_laplace() -> Any:
@@ -144,8 +155,9 @@ class LaplaceApproximation:
         the prior; module docstring).
     log_prior_prec_min, log_prior_prec_max, grid_size : float, float, int
         The grid :math:`10^{a}, \dots, 10^{b}` of ``grid_size`` log-spaced values (``"gridsearch"``). The default
-        :math:`10^{-2} \dots 10^{6}` reaches far beyond laplace-torch's :math:`10^{4}`: a near-interpolating network
-        can need a tight posterior. A value tuned to either end of the grid is warned about.
+        :math:`10^{-2} \dots 10^{6}` (25 values, three per decade) reaches far beyond laplace-torch's :math:`10^{4}`:
+        a near-interpolating network can need a tight posterior. A value tuned to an end of the grid is logged (at
+        the top the validation data prefer a posterior collapsed to the MAP network).
     link_approx : {"probit", "mc"}
         Classification predictive scored by the grid search: the deterministic probit approximation (default) or the
         Monte Carlo mean of ``n_samples`` softmaxed GLM draws (the draws :meth:`predictive_samples` returns; noisier
@@ -178,9 +190,9 @@ class LaplaceApproximation:
         prior_precision: float = 1.0,
         tune_prior_precision: bool = True,
         tuning_method: str = "gridsearch",
-        log_prior_prec_min: float = -2.0,
-        log_prior_prec_max: float = 6.0,
-        grid_size: int = 33,
+        log_prior_prec_min: float = DEFAULT_LOG_PRIOR_PREC_MIN,
+        log_prior_prec_max: float = DEFAULT_LOG_PRIOR_PREC_MAX,
+        grid_size: int = DEFAULT_GRID_SIZE,
         link_approx: str = "probit",
         n_samples: int = 100,
         prior_structure: str = "scalar",
@@ -303,17 +315,18 @@ class LaplaceApproximation:
                     link_approx=self.link_approx,
                     n_samples=self.n_samples,
                 )
-                self._warn_at_grid_edge(la)
+                self._log_grid_edge(la)
         self.la, self.tuning_used = la, tuning
         return time.perf_counter() - start
 
-    def _warn_at_grid_edge(self, la: Any) -> None:
+    def _log_grid_edge(self, la: Any) -> None:
+        # An end of the grid is usually a flat end of the validation NLL rather than a missed optimum: it tends to the
+        # MAP network's NLL as the prior precision grows, and stops changing once H dominates it as it shrinks.
         log_prec = math.log10(float(la.prior_precision.reshape(-1)[0]))
-        edge = {self.log_prior_prec_min: "lower", self.log_prior_prec_max: "upper"}
-        for end, side in edge.items():
+        for end, side in ((self.log_prior_prec_min, "lower"), (self.log_prior_prec_max, "upper")):
             if abs(log_prec - end) < 1e-4:
-                warnings.warn(f"LaplaceApproximation: the tuned prior precision 10^{end:g} is the {side} end of the "
-                              "grid; widen log_prior_prec_min/max", UserWarning, stacklevel=3)
+                logger.info("LaplaceApproximation: the tuned prior precision is the %s end 10^%g of the grid "
+                            "(widen log_prior_prec_min/max to check for a better value beyond it)", side, end)
 
     @property
     def prior_precision(self) -> torch.Tensor:

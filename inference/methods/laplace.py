@@ -15,7 +15,8 @@ import torch
 from pyro_lowrank.models import DeterministicMLP
 
 from ..deterministic import train_deterministic
-from ..laplace import LaplaceApproximation
+from ..laplace import (DEFAULT_GRID_SIZE, DEFAULT_LOG_PRIOR_PREC_MAX, DEFAULT_LOG_PRIOR_PREC_MIN,
+                       LaplaceApproximation)
 from .base import Data, Method
 from .registry import register_method
 
@@ -31,8 +32,8 @@ class LastLayerLaplaceMethod(Method):
 
     :meth:`fit` ``(train, val)`` builds the GGN on ``train`` and, by default, picks the prior precision
     :math:`\lambda` that minimises the NLL of ``val`` under the GLM predictive (``tuning_method="gridsearch"``, a log
-    grid :math:`10^{-2} \dots 10^{6}`); without ``val`` it falls back to the marginal likelihood with a warning. The
-    tuned value is :attr:`prior_precision`.
+    grid :math:`10^{-2} \dots 10^{6}`, three values per decade); without ``val`` it falls back to the marginal
+    likelihood with a warning. The tuned value is :attr:`prior_precision`.
 
     Extra parameters
     ----------------
@@ -68,9 +69,9 @@ class LastLayerLaplaceMethod(Method):
         hessian_structure: str | None = None,
         prior_precision: float = 1.0,
         tuning_method: str = "gridsearch",
-        log_prior_prec_min: float = -2.0,
-        log_prior_prec_max: float = 6.0,
-        grid_size: int = 33,
+        log_prior_prec_min: float = DEFAULT_LOG_PRIOR_PREC_MIN,
+        log_prior_prec_max: float = DEFAULT_LOG_PRIOR_PREC_MAX,
+        grid_size: int = DEFAULT_GRID_SIZE,
         link_approx: str = "probit",
         n_samples: int = 100,
         prior_structure: str = "scalar",

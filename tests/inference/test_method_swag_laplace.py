@@ -43,7 +43,7 @@ NAMES = ["swag", pytest.param("laplace", marks=needs_laplace), pytest.param("lap
 def test_method_fits_and_beats_the_majority_class(name):
     x, y = _blobs()
     x_test, y_test = _blobs(seed=1)
-    method = make_method(name, **ARCH, **SETTINGS[name]).fit((x, y))
+    method = make_method(name, **ARCH, **SETTINGS[name]).fit((x, y), _blobs(seed=2))
     assert isinstance(method, Method) and method.name == name
     probs = method.predictive_draws(x_test, num_samples=8)["probs"]
     assert probs.shape == (8, 240, 3)
@@ -52,6 +52,9 @@ def test_method_fits_and_beats_the_majority_class(name):
     assert (probs.mean(0).argmax(-1) == y_test).double().mean() > 0.8  # the majority class scores 1/3
     assert method.num_parameters == EXPECTED_PARAMETERS[name]
     assert method.training_seconds > 0
+    if name != "swag":  # the prior precision is tuned on the validation data and reported
+        assert method.laplace.tuning_used == "gridsearch"
+        assert method.prior_precision.shape == (1,) and 1e-2 <= method.prior_precision.item() <= 1e6
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -59,8 +62,12 @@ def test_regression_draws_are_gaussians_with_the_fixed_noise(name):
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(120, 1, generator=gen) * 4 - 2
     y = 2 * x.squeeze(-1) + 0.3 * torch.randn(120, generator=gen)
+    val = None  # swag does not use validation data; the Laplace methods tune the prior precision on it
+    if name != "swag":
+        x_val = torch.rand(60, 1, generator=gen) * 4 - 2
+        val = (x_val, 2 * x_val.squeeze(-1) + 0.3 * torch.randn(60, generator=gen))
     method = make_method(name, in_features=1, hidden_features=[8], likelihood="gaussian", noise_scale=0.3,
-                         num_epochs=40, batch_size=32, lr=1e-2, seed=0, **SETTINGS[name]).fit((x, y))
+                         num_epochs=40, batch_size=32, lr=1e-2, seed=0, **SETTINGS[name]).fit((x, y), val)
     x_test = torch.linspace(-1.5, 1.5, 9).unsqueeze(-1)
     draws = method.predictive_draws(x_test, num_samples=16)
     assert draws["mean"].shape == draws["scale"].shape == (16, 9)
@@ -83,3 +90,16 @@ def test_bad_settings_fail_at_construction():
     if HAS_LAPLACE:
         with pytest.raises(ValueError, match="hessian_structure"):
             make_method("laplace", **ARCH, hessian_structure="lowrank")
+        with pytest.raises(ValueError, match="tuning_method"):
+            make_method("laplace_full", **ARCH, tuning_method="cv")
+
+
+@needs_laplace
+def test_laplace_without_validation_data_warns_and_tunes_by_marginal_likelihood():
+    x, y = _blobs()
+    method = make_method("laplace", **ARCH)
+    with pytest.raises(RuntimeError, match="fit"):
+        method.prior_precision
+    with pytest.warns(UserWarning, match="needs validation data"):
+        method.fit((x, y))
+    assert method.laplace.tuning_used == "marglik" and method.prior_precision.item() != 1.0
