@@ -113,6 +113,8 @@ class Method(abc.ABC):
             if num_classes is None:
                 raise ValueError("num_classes is required for likelihood='categorical', got None")
             self.num_classes = check_positive_int(num_classes, "num_classes")
+        elif num_classes is not None:
+            raise ValueError(f"num_classes is only used with likelihood='categorical', got num_classes={num_classes}")
         else:
             self.num_classes = None
         check_positive(noise_scale, "noise_scale")
@@ -121,9 +123,13 @@ class Method(abc.ABC):
         self.batch_size = check_positive_int(batch_size, "batch_size")
         check_positive(lr, "lr")
         self.lr = float(lr)
-        self.seed = int(seed)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        self.seed = seed
         self.progress = bool(progress)
         self.training_seconds = float("nan")
+        self.device: torch.device = torch.device("cpu")
+        self.dtype: torch.dtype = torch.get_default_dtype()
         self._fitted = False
 
     @property
@@ -131,14 +137,40 @@ class Method(abc.ABC):
         """Network output width: C for classification, 1 for regression."""
         return self.num_classes if self.likelihood == "categorical" else 1
 
+    def _check_inputs(self, x: object, name: str) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor of shape (N, {self.in_features}), got "
+                             f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"{name} must have shape (N, {self.in_features}), got {tuple(x.shape)}")
+        return x
+
+    def _check_data(self, data: Data, name: str) -> Data:
+        x, y = data
+        self._check_inputs(x, f"{name} x")
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape[:1]:
+            raise ValueError(f"{name} y must have shape ({x.shape[0]},) to match x, got "
+                             f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
+        if self.likelihood == "categorical":
+            labels_ok = not y.is_floating_point() or bool((y == y.round()).all())
+            if not labels_ok or int(y.min()) < 0 or int(y.max()) >= self.num_classes:
+                raise ValueError(f"{name} y must hold integer class labels in [0, {self.num_classes}), got values "
+                                 f"in [{float(y.min()):g}, {float(y.max()):g}]")
+        elif not bool(torch.isfinite(y).all()):
+            raise ValueError(f"{name} y must be finite regression targets, got NaN or Inf")
+        return x, y
+
+    def place(self, module: nn.Module) -> nn.Module:
+        """Move ``module`` to the device and floating dtype of the training inputs (set by :meth:`fit`)."""
+        return module.to(device=self.device, dtype=self.dtype)
+
     def fit(self, train: Data, val: Data | None = None) -> "Method":
         """Fit on ``train = (x, y)`` (``val`` for early stopping or model selection where a method uses it); sets
-        :attr:`training_seconds` and returns ``self``."""
-        x, y = train
-        if x.dim() != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"train x must have shape (N, {self.in_features}), got {tuple(x.shape)}")
-        if y.shape[0] != x.shape[0]:
-            raise ValueError(f"train y must have {x.shape[0]} entries to match x, got shape {tuple(y.shape)}")
+        :attr:`training_seconds` and returns ``self``. Networks live on the device and dtype of ``train``'s x."""
+        train = self._check_data(train, "train")
+        if val is not None:
+            val = self._check_data(val, "val")
+        self.device, self.dtype = train[0].device, train[0].dtype
         self.training_seconds = float(self._fit(train, val))
         self._fitted = True
         logger.info("%s fitted in %.2f s (%d parameters)", self.name, self.training_seconds, self.num_parameters)
@@ -149,6 +181,7 @@ class Method(abc.ABC):
         if not self._fitted:
             raise RuntimeError(f"{self.name}: call fit(train, val) before predictive_draws")
         num_samples = check_positive_int(num_samples, "num_samples")
+        x = self._check_inputs(x, "x").to(device=self.device, dtype=self.dtype)
         with torch.no_grad():
             return self._predictive_draws(x, num_samples)
 

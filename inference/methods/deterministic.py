@@ -33,7 +33,7 @@ class Deterministic(Method):
 
     def _train_member(self, train: Data, seed: int) -> tuple[DeterministicMLP, float]:
         torch.manual_seed(seed)
-        net = DeterministicMLP(self.in_features, self.hidden_features, self.out_features)
+        net = self.place(DeterministicMLP(self.in_features, self.hidden_features, self.out_features))
         seconds = train_deterministic(net, train, likelihood=self.likelihood, num_epochs=self.num_epochs,
                                       batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                                       seed=seed, progress=self.progress)
@@ -41,7 +41,7 @@ class Deterministic(Method):
 
     def _fit(self, train: Data, val: Data | None) -> float:
         net, seconds = self._train_member(train, self.seed)
-        self.networks = [net.to(train[0].device)]
+        self.networks = [net]
         return seconds
 
     def _predictive_draws(self, x: torch.Tensor, num_samples: int) -> dict[str, torch.Tensor]:
@@ -63,5 +63,5 @@ class DeepEnsemble(Deterministic):
 
     def _fit(self, train: Data, val: Data | None) -> float:
         members = [self._train_member(train, self.seed + m) for m in range(self.num_members)]
-        self.networks = [net.to(train[0].device) for net, _ in members]
+        self.networks = [net for net, _ in members]
         return sum(seconds for _, seconds in members)

@@ -103,9 +103,8 @@ class LastLayerLaplaceMethod(Method):
         self.laplace: LaplaceApproximation | None = None
 
     def _fit(self, train: Data, val: Data | None) -> float:
-        x = train[0]
         torch.manual_seed(self.seed)
-        net = DeterministicMLP(self.in_features, self.hidden_features, self.out_features).to(x.device)
+        net = self.place(DeterministicMLP(self.in_features, self.hidden_features, self.out_features))
         map_seconds = train_deterministic(net, train, likelihood=self.likelihood, num_epochs=self.num_epochs,
                                           batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                                           seed=self.seed, progress=self.progress)

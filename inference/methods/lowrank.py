@@ -45,6 +45,7 @@ class LowRankBNN(PyroMethod):
         self.output_rank = output_rank
         self.prior_scale = prior_scale
         self.init_scale_factor = init_scale_factor
+        self.make_model()  # validate ranks and settings now, not after (pre-)training
 
     def make_model(self) -> LowRankMLP:
         return LowRankMLP(self.in_features, self.hidden_features, rank=self.rank, output_rank=self.output_rank,
@@ -53,7 +54,7 @@ class LowRankBNN(PyroMethod):
                           init_scale_factor=self.init_scale_factor)
 
     def build(self, train: Data) -> tuple[nn.Module, nn.Module]:
-        model = self.make_model().to(train[0].device)
+        model = self.place(self.make_model())
         return model, FactorGuide(model)
 
 
@@ -70,10 +71,10 @@ class LowRankSVDBNN(LowRankBNN):
 
     def build(self, train: Data) -> tuple[nn.Module, nn.Module]:
         start = time.perf_counter()
-        twin = DeterministicMLP(self.in_features, self.hidden_features, self.out_features).to(train[0].device)
+        twin = self.place(DeterministicMLP(self.in_features, self.hidden_features, self.out_features))
         train_deterministic(twin, train, likelihood=self.likelihood, num_epochs=self.pretrain_epochs,
                             batch_size=self.batch_size, lr=self.lr, seed=self.seed, progress=self.progress)
-        model = self.make_model().to(train[0].device)
+        model = self.place(self.make_model())
         with torch.no_grad():
             for layer, linear in zip(model.layers, twin.layers):
                 layer.set_factor_init(svd_init(linear.weight, layer.rank), linear.bias)

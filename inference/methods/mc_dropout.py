@@ -30,8 +30,8 @@ class MCDropout(Method):
 
     def _fit(self, train: Data, val: Data | None) -> float:
         torch.manual_seed(self.seed)
-        self.network = MCDropoutMLP(self.in_features, self.hidden_features, self.out_features, dropout=self.dropout)
-        self.network.to(train[0].device)
+        self.network = self.place(MCDropoutMLP(self.in_features, self.hidden_features, self.out_features,
+                                               dropout=self.dropout))
         start = time.perf_counter()
         train_deterministic(self.network, train, likelihood=self.likelihood, num_epochs=self.num_epochs,
                             batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay, seed=self.seed,

@@ -45,7 +45,5 @@ class MeanFieldBBB(PyroMethod):
                             local_reparameterization=self.local_reparameterization)
 
     def build(self, train: Data) -> tuple[nn.Module, nn.Module]:
-        x = train[0]
-        model = self.make_model()
-        model = model.to(device=x.device, dtype=x.dtype) if x.dtype.is_floating_point else model.to(x.device)
+        model = self.place(self.make_model())
         return model, FactorGuide(model)

@@ -54,7 +54,7 @@ class Rank1BNN(PyroMethod):
                         init_scale_factor=self.init_scale_factor)
 
     def build(self, train: Data) -> tuple[nn.Module, nn.Module]:
-        model = self.make_model().to(train[0].device)
+        model = self.place(self.make_model())
         return model, FactorGuide(model)
 
     def _predictive_draws(self, x: torch.Tensor, num_samples: int) -> dict[str, torch.Tensor]:

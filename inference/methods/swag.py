@@ -79,9 +79,8 @@ class SWAGMethod(Method):
         self.swag: SWAG | None = None
 
     def _fit(self, train: Data, val: Data | None) -> float:
-        x = train[0]
         torch.manual_seed(self.seed)
-        net = DeterministicMLP(self.in_features, self.hidden_features, self.out_features).to(x.device)
+        net = self.place(DeterministicMLP(self.in_features, self.hidden_features, self.out_features))
         pretrain = train_deterministic(net, train, likelihood=self.likelihood, num_epochs=self.num_epochs,
                                        batch_size=self.batch_size, lr=self.lr, seed=self.seed, progress=self.progress)
         swag = SWAG(net, max_rank=self.max_rank)

@@ -113,3 +113,48 @@ def test_registry_and_configuration_errors():
         method.fit((torch.zeros(5, 3), torch.zeros(5, dtype=torch.long)))
     with pytest.raises(ValueError, match="method name 'lowrank' is already registered"):
         register_method("lowrank")(type("Other", (Method,), {}))
+
+
+CHEAP = {"num_epochs": 2}
+EXTRA = {"ensemble": {"num_members": 2}, "lowrank": {"rank": 2}, "lowrank_svd": {"rank": 2}, "swag": {"swag_epochs": 2},
+         "rank1": {"num_components": 2}}
+
+
+@pytest.mark.parametrize("name", sorted(available_methods()))
+def test_every_method_runs_in_float64_and_predicts_any_float_input(name):
+    x, y = _blobs(60)
+    x64 = x.double()
+    method = make_method(name, **ARCH, **CHEAP, **EXTRA.get(name, {})).fit((x64, y), (x64[:20], y[:20]))
+    assert method.dtype == torch.float64
+    probs = method.predictive_draws(x64[:7], num_samples=3)["probs"]
+    assert probs.dtype == torch.float64 and probs.shape[1:] == (7, 3)
+    assert method.predictive_draws(x[:7], num_samples=3)["probs"].dtype == torch.float64  # float32 input is cast
+
+
+@pytest.mark.parametrize("name", ["deterministic", "lowrank", "mc_dropout"])
+def test_same_seed_same_draws(name):
+    x, y = _blobs(60)
+    draws = []
+    for _ in range(2):
+        method = make_method(name, **ARCH, **CHEAP, **EXTRA.get(name, {})).fit((x, y))
+        torch.manual_seed(1)
+        draws.append(method.predictive_draws(x[:5], num_samples=4)["probs"])
+    torch.testing.assert_close(draws[0], draws[1], rtol=0, atol=0)
+
+
+def test_data_checks_name_the_argument():
+    x, y = _blobs(30)
+    method = make_method("deterministic", **ARCH, **CHEAP)
+    with pytest.raises(ValueError, match="train y must hold integer class labels in \\[0, 3\\), got values in \\[0, 5\\]"):
+        method.fit((x, torch.where(y == 2, 5, y)))
+    with pytest.raises(ValueError, match="val x must have shape \\(N, 2\\), got \\(4, 3\\)"):
+        method.fit((x, y), (torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)))
+    with pytest.raises(ValueError, match="train x must be a floating-point tensor"):
+        method.fit((x.long(), y))
+    method.fit((x, y))
+    with pytest.raises(ValueError, match="x must have shape \\(N, 2\\), got \\(2,\\)"):
+        method.predictive_draws(torch.zeros(2))
+    with pytest.raises(ValueError, match="num_classes is only used with likelihood='categorical'"):
+        make_method("deterministic", in_features=2, hidden_features=[4], likelihood="gaussian", num_classes=3)
+    with pytest.raises(ValueError, match="rank\\[0\\] must be an integer in .* = \\[1, 2\\] for a 7x2 matrix, got 15"):
+        make_method("lowrank", in_features=2, hidden_features=[7], num_classes=3)  # default rank 15, checked at once
