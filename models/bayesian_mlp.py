@@ -23,6 +23,7 @@ from torch import nn
 from pyro_lowrank._validation import check_last_dim, check_positive_int
 from pyro_lowrank.distributions import FactorPrior
 
+from .deterministic import layer_stack
 from .likelihoods import Likelihood, make_likelihood
 
 __all__ = ["BayesianMLP"]
@@ -184,12 +185,7 @@ class BayesianMLP(PyroModule):
         The leading ``...`` are the layers' batch dimensions (particles, and for a :class:`Rank1MLP` with K > 1 the
         components).
         """
-        h = x
-        for i, layer in enumerate(self.layers):
-            h = layer(h)
-            if i < len(self.layers) - 1:
-                h = self.activation(h)
-        return h
+        return layer_stack(x, self.layers, self.activation)
 
     def _check_shapes(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
         check_last_dim(x, self.in_features, "x", f"{type(self).__name__}(in_features={self.in_features})")

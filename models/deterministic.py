@@ -12,7 +12,17 @@ from torch import nn
 
 from pyro_lowrank._validation import check_last_dim, check_positive_int
 
-__all__ = ["DeterministicMLP"]
+__all__ = ["DeterministicMLP", "layer_stack"]
+
+
+def layer_stack(x: torch.Tensor, layers: Sequence[nn.Module], activation: nn.Module) -> torch.Tensor:
+    """``layers[-1](act(... act(layers[0](x))))``: the activation between layers, none after the last."""
+    h = x
+    for i, layer in enumerate(layers):
+        h = layer(h)
+        if i < len(layers) - 1:
+            h = activation(h)
+    return h
 
 
 class DeterministicMLP(nn.Module):
@@ -47,9 +57,4 @@ class DeterministicMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.in_features, "x", f"DeterministicMLP(in_features={self.in_features})")
-        h = x
-        for i, layer in enumerate(self.layers):
-            h = layer(h)
-            if i < len(self.layers) - 1:
-                h = self.activation(h)
-        return h
+        return layer_stack(x, self.layers, self.activation)

@@ -11,6 +11,7 @@ pytest.importorskip("laplace")
 from pyro_lowrank.inference.deterministic import train_deterministic
 from pyro_lowrank.inference.laplace import LaplaceApproximation
 from pyro_lowrank.models import DeterministicMLP
+from toy_data import blobs
 
 NOISE = 0.3
 
@@ -19,13 +20,6 @@ def _line(n, seed):
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 1, generator=gen) * 4 - 2
     return x, 2 * x.squeeze(-1) + NOISE * torch.randn(n, generator=gen)
-
-
-def _blobs(n=240, seed=0, dim=2):
-    gen = torch.Generator().manual_seed(seed)
-    centres = torch.cat([torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]]), torch.zeros(3, dim - 2)], dim=1)
-    y = torch.arange(n) % 3
-    return centres[y] + 0.7 * torch.randn(n, dim, generator=gen), y
 
 
 @functools.cache
@@ -42,7 +36,7 @@ def _trained_regression_net(n):
 def _trained_classifier():
     torch.manual_seed(0)
     net = DeterministicMLP(2, [16], 3)
-    train_deterministic(net, _blobs(), num_epochs=20, batch_size=32, lr=1e-2, seed=0, progress=False)
+    train_deterministic(net, blobs(), num_epochs=20, batch_size=32, lr=1e-2, seed=0, progress=False)
     return net
 
 
@@ -87,12 +81,12 @@ def test_regression_draws_share_one_standard_normal_across_inputs():
 
 @pytest.mark.parametrize("subset,structure", [("last_layer", None), ("all", None), ("last_layer", "diag")])
 def test_classification_probs_are_normalised_draws_that_beat_the_majority_class(subset, structure):
-    x, y = _blobs()
-    x_test, y_test = _blobs(seed=1)
+    x, y = blobs()
+    x_test, y_test = blobs(seed=1)
     laplace = LaplaceApproximation(copy.deepcopy(_trained_classifier()), subset_of_weights=subset,
                                    hessian_structure=structure)
     assert laplace.hessian_structure == (structure or {"last_layer": "kron", "all": "diag"}[subset])
-    laplace.fit((x, y), _blobs(seed=2))
+    laplace.fit((x, y), blobs(seed=2))
     assert laplace.tuning_used == "gridsearch" and laplace.prior_precision.shape == (1,)
     assert 1e-2 <= laplace.prior_precision.item() <= 1e6  # a value of the default grid
     probs = laplace.predictive_draws(x_test, num_samples=12)["probs"]
@@ -113,7 +107,7 @@ def _interpolating_classifier():
     0.39 for the last layer and 0.66 for all weights vs. 0.17 for this MAP network)."""
     torch.manual_seed(0)
     net = DeterministicMLP(8, [32, 32], 3)
-    train_deterministic(net, _blobs(120, seed=0, dim=8), num_epochs=60, batch_size=32, lr=1e-2, seed=0,
+    train_deterministic(net, blobs(120, seed=0, dim=8), num_epochs=60, batch_size=32, lr=1e-2, seed=0,
                         progress=False)
     return net
 
@@ -124,7 +118,7 @@ def _nll(probs, y):
 
 @pytest.mark.parametrize("subset", ["last_layer", "all"])
 def test_tuned_laplace_is_not_less_calibrated_than_its_map_network_on_held_out_data(subset):
-    train, val, (x_test, y_test) = _blobs(120, seed=0, dim=8), _blobs(240, seed=1, dim=8), _blobs(600, seed=2, dim=8)
+    train, val, (x_test, y_test) = blobs(120, seed=0, dim=8), blobs(240, seed=1, dim=8), blobs(600, seed=2, dim=8)
     net = _interpolating_classifier()
     with torch.no_grad():
         map_nll = _nll(torch.softmax(net(x_test), -1), y_test)
@@ -141,7 +135,7 @@ def test_tuned_laplace_is_not_less_calibrated_than_its_map_network_on_held_out_d
 
 
 def test_gridsearch_without_validation_data_falls_back_to_the_marginal_likelihood():
-    x, y = _blobs()
+    x, y = blobs()
     laplace = LaplaceApproximation(copy.deepcopy(_trained_classifier()))
     with pytest.warns(UserWarning, match="falling back to the post-hoc marginal likelihood"):
         laplace.fit((x, y))
@@ -149,13 +143,13 @@ def test_gridsearch_without_validation_data_falls_back_to_the_marginal_likelihoo
     marglik = LaplaceApproximation(copy.deepcopy(_trained_classifier()), tuning_method="marglik")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an explicit marglik does not warn
-        marglik.fit((x, y), _blobs(seed=2))  # the validation data are not used by the marglik
+        marglik.fit((x, y), blobs(seed=2))  # the validation data are not used by the marglik
     assert marglik.tuning_used == "marglik"
     torch.testing.assert_close(marglik.prior_precision, laplace.prior_precision)
     assert marglik.prior_precision.item() != 1.0  # the marglik moved it from its start
     fixed = LaplaceApproximation(copy.deepcopy(_trained_classifier()), prior_precision=2.5,
                                  tune_prior_precision=False)
-    fixed.fit((x, y), _blobs(seed=2))
+    fixed.fit((x, y), blobs(seed=2))
     assert fixed.tuning_used is None and fixed.prior_precision.item() == 2.5
 
 

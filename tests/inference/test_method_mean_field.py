@@ -10,14 +10,7 @@ from pyro_lowrank.inference.methods.mean_field import MeanFieldBBB
 from pyro_lowrank.models.mean_field import MeanFieldMLP
 
 from pyro_lowrank.metrics import accuracy
-
-
-def _blobs(n=240, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    centres = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]])
-    y = torch.arange(n) % 3
-    x = centres[y] + 0.7 * torch.randn(n, 2, generator=gen)
-    return x, y
+from toy_data import blobs
 
 
 ARCH = {"in_features": 2, "hidden_features": [16], "num_classes": 3, "batch_size": 32, "seed": 0}
@@ -31,8 +24,8 @@ def _expected_parameters(widths):
 @pytest.mark.parametrize("local_reparameterization", [True, False])
 def test_mean_field_method_fits_and_beats_the_majority_class(local_reparameterization):
     assert "mean_field" in available_methods()
-    x, y = _blobs()
-    x_test, y_test = _blobs(seed=1)
+    x, y = blobs()
+    x_test, y_test = blobs(seed=1)
     method = make_method("mean_field", **ARCH, num_epochs=10, lr=3e-2,
                          local_reparameterization=local_reparameterization)
     assert isinstance(method, MeanFieldBBB) and method.name == "mean_field"
@@ -50,7 +43,7 @@ def test_mean_field_method_fits_and_beats_the_majority_class(local_reparameteriz
 def test_config_arguments_reach_the_model_and_guide():
     method = make_method("mean_field", **ARCH, num_epochs=1, prior_scale=0.5, init_scale_factor=0.2)
     assert method.prior_scale == 0.5 and method.init_scale_factor == 0.2 and method.local_reparameterization
-    x, y = _blobs(64)
+    x, y = blobs(64)
     method.fit((x.double(), y))  # the model follows the data's dtype
     layer = method.model.layers[0]
     assert layer.prior.scale.item() == 0.5 and layer.weight_init.dtype == torch.float64

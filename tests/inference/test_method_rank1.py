@@ -5,6 +5,7 @@ import pytest
 import torch
 from pyro_lowrank.inference.methods import available_methods, make_method
 from pyro_lowrank.inference.methods.rank1 import Rank1BNN
+from toy_data import imbalanced_blobs
 
 
 @pytest.fixture(autouse=True)
@@ -16,13 +17,6 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _blobs(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.multinomial(torch.tensor([0.5, 0.3, 0.2]), n, replacement=True, generator=g)
-    centers = torch.tensor([[2.0, 0.0], [-1.0, 1.7], [-1.0, -1.7]])
-    return centers[y] + 0.6 * torch.randn(n, 2, generator=g), y
-
-
 def _formula(widths, k):
     return sum(m * n + m + 2 * k * (m + n) for n, m in itertools.pairwise(widths))
 
@@ -32,7 +26,7 @@ def test_registered():
 
 
 def test_two_component_classification_fits_and_returns_k_times_s_draws():
-    train, val, (x_test, y_test) = _blobs(300), _blobs(100, seed=2), _blobs(200, seed=1)
+    train, val, (x_test, y_test) = imbalanced_blobs(300), imbalanced_blobs(100, seed=2), imbalanced_blobs(200, seed=1)
     method = make_method("rank1", in_features=2, hidden_features=[16], num_classes=3, num_epochs=10, batch_size=100,
                          lr=0.03, num_components=2)
     assert isinstance(method, Rank1BNN)
@@ -50,7 +44,7 @@ def test_two_component_classification_fits_and_returns_k_times_s_draws():
 
 def test_single_component_returns_s_draws():
     method = make_method("rank1", in_features=2, hidden_features=[8], num_classes=3, num_epochs=2, batch_size=100)
-    method.fit(_blobs(200))
+    method.fit(imbalanced_blobs(200))
     assert method.predictive_draws(torch.randn(5, 2), 7)["probs"].shape == (7, 5, 3)
     assert method.num_parameters == _formula([2, 8, 3], 1)
 

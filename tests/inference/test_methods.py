@@ -3,14 +3,7 @@ import torch
 
 from pyro_lowrank.inference.methods import Method, available_methods, make_method, register_method
 from pyro_lowrank.metrics import accuracy
-
-
-def _blobs(n=240, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    centres = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]])
-    y = torch.arange(n) % 3
-    x = centres[y] + 0.7 * torch.randn(n, 2, generator=gen)
-    return x, y
+from toy_data import blobs
 
 
 ARCH = {"in_features": 2, "hidden_features": [16], "num_classes": 3, "batch_size": 32, "seed": 0}
@@ -36,8 +29,8 @@ NUM_DRAWS = {"deterministic": 1, "ensemble": 3, "mc_dropout": 8, "lowrank": 8, "
 
 @pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_each_method_fits_and_beats_the_majority_class(name):
-    x, y = _blobs()
-    x_test, y_test = _blobs(seed=1)
+    x, y = blobs()
+    x_test, y_test = blobs(seed=1)
     method = make_method(name, **ARCH, **SETTINGS[name]).fit((x, y), (x_test[:30], y_test[:30]))
     assert isinstance(method, Method) and method.name == name
     draws = method.predictive_draws(x_test, num_samples=8)
@@ -50,7 +43,7 @@ def test_each_method_fits_and_beats_the_majority_class(name):
 
 
 def test_stochastic_methods_give_distinct_draws_and_deterministic_ones_repeat():
-    x, y = _blobs()
+    x, y = blobs()
     dropout = make_method("mc_dropout", **ARCH, **SETTINGS["mc_dropout"]).fit((x, y))
     probs = dropout.predictive_draws(x[:10], num_samples=4)["probs"]
     assert not torch.allclose(probs[0], probs[1])
@@ -59,7 +52,7 @@ def test_stochastic_methods_give_distinct_draws_and_deterministic_ones_repeat():
 
 
 def test_ensemble_members_differ_and_their_mean_is_the_prediction():
-    x, y = _blobs()
+    x, y = blobs()
     ensemble = make_method("ensemble", **ARCH, **SETTINGS["ensemble"]).fit((x, y))
     first, second = (net.layers[0].weight for net in ensemble.networks[:2])
     assert not torch.allclose(first, second)  # independent initialisations
@@ -69,7 +62,7 @@ def test_ensemble_members_differ_and_their_mean_is_the_prediction():
 
 
 def test_svd_init_starts_at_the_twins_best_rank_r_approximation():
-    x, y = _blobs()
+    x, y = blobs()
     method = make_method("lowrank_svd", **ARCH, **SETTINGS["lowrank_svd"])
     model, _ = method.build((x, y))
     hidden, twin_hidden = model.layers[0], method.twin.layers[0]
@@ -122,7 +115,7 @@ EXTRA = {"ensemble": {"num_members": 2}, "lowrank": {"rank": 2}, "lowrank_svd": 
 
 @pytest.mark.parametrize("name", sorted(available_methods()))
 def test_every_method_runs_in_float64_and_predicts_any_float_input(name):
-    x, y = _blobs(60)
+    x, y = blobs(60)
     x64 = x.double()
     method = make_method(name, **ARCH, **CHEAP, **EXTRA.get(name, {})).fit((x64, y), (x64[:20], y[:20]))
     assert method.dtype == torch.float64
@@ -133,7 +126,7 @@ def test_every_method_runs_in_float64_and_predicts_any_float_input(name):
 
 @pytest.mark.parametrize("name", ["deterministic", "lowrank", "mc_dropout"])
 def test_same_seed_same_draws(name):
-    x, y = _blobs(60)
+    x, y = blobs(60)
     draws = []
     for _ in range(2):
         method = make_method(name, **ARCH, **CHEAP, **EXTRA.get(name, {})).fit((x, y))
@@ -143,7 +136,7 @@ def test_same_seed_same_draws(name):
 
 
 def test_data_checks_name_the_argument():
-    x, y = _blobs(30)
+    x, y = blobs(30)
     method = make_method("deterministic", **ARCH, **CHEAP)
     with pytest.raises(ValueError, match="train y must hold integer class labels in \\[0, 3\\), got values in \\[0, 5\\]"):
         method.fit((x, torch.where(y == 2, 5, y)))

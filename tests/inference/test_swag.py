@@ -6,13 +6,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from pyro_lowrank.inference.deterministic import train_deterministic
 from pyro_lowrank.inference.swag import SWAG
 from pyro_lowrank.models import DeterministicMLP
-
-
-def _blobs(n=240, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    centres = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]])
-    y = torch.arange(n) % 3
-    return centres[y] + 0.7 * torch.randn(n, 2, generator=gen), y
+from toy_data import blobs
 
 
 def _spy_on_collect(swag):
@@ -96,8 +90,8 @@ def test_samples_have_the_swag_mean_and_covariance(scale):
 
 
 def test_sampled_outputs_fit_a_toy_classification_problem_and_restore_the_weights():
-    x, y = _blobs()
-    x_test, y_test = _blobs(seed=1)
+    x, y = blobs()
+    x_test, y_test = blobs(seed=1)
     torch.manual_seed(0)
     net = DeterministicMLP(2, [16], 3)
     train_deterministic(net, (x, y), num_epochs=15, batch_size=32, lr=1e-2, seed=0, progress=False)
@@ -131,4 +125,4 @@ def test_rejects_batchnorm_and_sampling_before_collection():
     with pytest.raises(RuntimeError, match="collected no iterates"):
         swag.sample()
     with pytest.raises(ValueError, match="schedule"):
-        swag.fit(_blobs(), schedule="cosine")
+        swag.fit(blobs(), schedule="cosine")

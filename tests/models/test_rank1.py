@@ -18,6 +18,7 @@ from pyro_lowrank.predictive import (
     pointwise_log_likelihood,
     predict,
 )
+from toy_data import imbalanced_blobs
 
 
 @pytest.fixture(autouse=True)
@@ -33,14 +34,6 @@ def _dense(layer, x, r, s):
     """x (W0 o r s^T)^T + b with W formed explicitly."""
     w = layer.weight * r.unsqueeze(-1) * s.unsqueeze(-2)
     return (x.unsqueeze(-2) @ w.transpose(-1, -2).unsqueeze(-3)).squeeze(-2) + layer.bias
-
-
-def _blobs(n, seed=0):
-    """Three Gaussian blobs with imbalanced classes (majority class frequency ~ 0.5)."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.multinomial(torch.tensor([0.5, 0.3, 0.2]), n, replacement=True, generator=g)
-    centers = torch.tensor([[2.0, 0.0], [-1.0, 1.7], [-1.0, -1.7]])
-    return centers[y] + 0.6 * torch.randn(n, 2, generator=g), y
 
 
 def _majority(y):
@@ -252,21 +245,21 @@ def test_single_component_has_lowrank_mlp_shapes():
 
 
 def test_fit_single_component_beats_majority_class():
-    x, y = _blobs(300)
+    x, y = imbalanced_blobs(300)
     model = Rank1MLP(2, [16], num_classes=3)
     guide = FactorGuide(model)
     fit(model, guide, (x, y), num_epochs=10, batch_size=100, lr=0.03, seed=0, progress=False)
-    x_test, y_test = _blobs(200, seed=1)
+    x_test, y_test = imbalanced_blobs(200, seed=1)
     probs = torch.softmax(predict(model, guide, x_test, 16)["f"], -1).mean(0)
     accuracy = (probs.argmax(-1) == y_test).float().mean().item()
     assert accuracy > _majority(y_test) + 0.3
 
 
 def test_fit_two_components_members_differ_and_draws_are_k_times_s():
-    x, y = _blobs(300)
+    x, y = imbalanced_blobs(300)
     model = Rank1MLP(2, [16], num_classes=3, num_components=2)
     guide = FactorGuide(model)
-    x_val, y_val = _blobs(100, seed=2)
+    x_val, y_val = imbalanced_blobs(100, seed=2)
     result = fit(model, guide, (x, y), val_data=(x_val, y_val), num_epochs=10, batch_size=100, lr=0.03, seed=0,
                  progress=False)
     assert all(math.isfinite(v) for v in result.val_nll)
@@ -274,7 +267,7 @@ def test_fit_two_components_members_differ_and_draws_are_k_times_s():
     for name in ("layers.0.r", "layers.0.s", "layers.1.r", "layers.1.s"):
         loc, _ = guide._get_loc_and_scale(name)
         assert loc.shape[0] == 2 and (loc[0] - loc[1]).abs().max() > 0.01
-    x_test, y_test = _blobs(200, seed=1)
+    x_test, y_test = imbalanced_blobs(200, seed=1)
     f = predict(model, guide, x_test, 8)["f"]
     assert f.shape == (8, 2, 200, 3)
     draws = torch.softmax(f, -1).reshape(16, 200, 3)  # K S draws of the mixture predictive
