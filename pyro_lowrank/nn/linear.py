@@ -28,18 +28,26 @@ def factored_is_cheaper(batch: int, out_features: int, in_features: int, rank: i
     return batch * rank * (out_features + in_features) <= out_features * in_features * (rank + batch)
 
 
-def align_to_plates(value: torch.Tensor, event_dim: int) -> torch.Tensor:
+def align_to_plates(value: torch.Tensor, event_dim: int, sequence_dims: int = 0) -> torch.Tensor:
     """Give a global site's value the batch rank of the active plate stack by padding singletons on the right.
 
     Under vectorisation (``Trace_ELBO(vectorize_particles=True)``, ``Predictive(parallel=True)``) a global site must
     have batch shape ``(S, 1, ..., 1)`` with its draws at the outermost plate's dimension. Pyro's ``Predictive``
     reshapes posterior samples ignoring event dimensions, so matrix-valued sites arrive as ``(S, m, r)``; this puts
     their draws back at the outermost plate dimension. Values that already have the full rank pass unchanged.
+
+    ``sequence_dims`` singleton dimensions are then inserted just before the event dimensions of a value that has
+    batch dimensions. They line the factors up with inputs of shape ``plates + (L, ..., features)`` whose per-datum
+    dimensions (time steps, token positions) sit between the plate dimensions and the features: factors of batch
+    shape ``(P, 1)`` become ``(P, 1, 1)`` and broadcast against inputs ``(N, L, n)`` to give ``(P, N, L, m)``.
     """
     depth = max((-frame.dim for frame in get_plates() if frame.vectorized and frame.dim is not None), default=0)
     batch_dim = value.dim() - event_dim
     if 0 < batch_dim < depth:
         value = value.reshape(value.shape[:batch_dim] + (1,) * (depth - batch_dim) + value.shape[batch_dim:])
+        batch_dim = depth
+    if sequence_dims and batch_dim > 0:
+        value = value.reshape(value.shape[:batch_dim] + (1,) * sequence_dims + value.shape[batch_dim:])
     return value
 
 
@@ -110,6 +118,10 @@ class LowRankLinear(PyroModule):
         Target weight variance gain/in_features for the variance-matching init (2 = He, for ReLU).
     init_scale_factor : float
         eta: the guide's initial standard deviation is eta * s, s the factor entry scale of the init.
+    sequence_dims : int
+        Number of per-datum dimensions (time steps, token positions) between the plate dimensions and the features
+        of the inputs: 0 for inputs ``(N, n)``, 1 for ``(N, L, n)``. It only matters when the factors carry particle
+        dimensions (vectorised ELBO particles, vectorised prediction); see :func:`align_to_plates`.
 
     Notes
     -----
@@ -129,8 +141,12 @@ class LowRankLinear(PyroModule):
         prior_scale: float = 1.0,
         gain: float = 2.0,
         init_scale_factor: float = 0.1,
+        sequence_dims: int = 0,
     ) -> None:
         super().__init__()
+        if isinstance(sequence_dims, bool) or not isinstance(sequence_dims, int) or sequence_dims < 0:
+            raise ValueError(f"sequence_dims must be a non-negative integer, got {sequence_dims!r}")
+        self.sequence_dims = sequence_dims
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")
         self.rank = check_rank(rank, out_features, in_features)
@@ -195,9 +211,10 @@ class LowRankLinear(PyroModule):
         any Pyro sample: factors of batch shape ``(P, 1)`` and ``x`` of shape ``(N, n)`` give ``(P, N, m)``.
         """
         check_last_dim(x, self.in_features, "x", f"LowRankLinear(in_features={self.in_features})")
-        out = factor_matmul(x, align_to_plates(self.A, 2), align_to_plates(self.B, 2))
+        seq = self.sequence_dims
+        out = factor_matmul(x, align_to_plates(self.A, 2, seq), align_to_plates(self.B, 2, seq))
         if self.bias is not None:
-            out = out + align_to_plates(self.bias, 1)
+            out = out + align_to_plates(self.bias, 1, seq)
         return out
 
     # ------------------------------------------------------------------ posterior
@@ -223,5 +240,6 @@ class LowRankLinear(PyroModule):
         return count + (2 * self.out_features if self.bias is not None else 0)
 
     def extra_repr(self) -> str:
+        extra = f", sequence_dims={self.sequence_dims}" if self.sequence_dims else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
-                f"bias={self.bias is not None}")
+                f"bias={self.bias is not None}{extra}")

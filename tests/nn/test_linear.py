@@ -205,6 +205,32 @@ def test_leading_particle_dimensions_unbatched_input(monkeypatch, force_factored
         torch.testing.assert_close(out[p, 0], (a[p, 0] @ b[p, 0].T) @ x + bias[p, 0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("num_particles", [1, 4])
+def test_sequence_dims_line_factors_up_with_per_datum_dimensions(num_particles):
+    """With ``sequence_dims=1`` the factors' batch (P, 1) meets inputs (N, L, n) as (P, 1, 1): output (P, N, L, m),
+    each particle applying its own W to every position of every datum."""
+    torch.manual_seed(0)
+    layer = LowRankLinear(3, 4, 2, sequence_dims=1)
+    x = torch.randn(6, 5, 3)
+    with pyro.plate("particles", num_particles, dim=-2):  # the data plate (dim -1) is entered after the network
+        values, out = trace_layer(layer, x)
+    assert values["A"].shape == (num_particles, 1, 4, 2)
+    assert out.shape == (num_particles, 6, 5, 4)
+    for p in range(num_particles):
+        weight = values["A"][p, 0] @ values["B"][p, 0].T
+        torch.testing.assert_close(out[p], x @ weight.T + values["bias"][p, 0], rtol=1e-5, atol=1e-5)
+    # without particles the option changes nothing
+    plain = LowRankLinear(3, 4, 2, sequence_dims=1)
+    values, out = trace_layer(plain, x)
+    torch.testing.assert_close(out, x @ (values["A"] @ values["B"].T).T + values["bias"])
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True])
+def test_sequence_dims_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match=r"sequence_dims must be a non-negative integer"):
+        LowRankLinear(3, 4, 2, sequence_dims=bad)
+
+
 # ---------------------------------------------------------------------------------------------- validation
 @pytest.mark.parametrize("shape", [(5, 4), (4,), (2, 3, 2)])
 def test_wrong_input_size(shape):
