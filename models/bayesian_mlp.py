@@ -23,6 +23,7 @@ from torch import nn
 from pyro_lowrank._validation import check_last_dim, check_positive_int
 from pyro_lowrank.distributions import FactorPrior
 
+from .data_plate import data_plate
 from .deterministic import layer_stack
 from .likelihoods import Likelihood, make_likelihood
 
@@ -226,18 +227,7 @@ class BayesianMLP(PyroModule):
             The (possibly subsampled) inputs and targets.
         """
         self._check_shapes(x, y)
-        if subsample_size is not None and num_data is not None:
-            raise ValueError(
-                "pass num_data (x is a minibatch of that many points) or subsample_size (the plate subsamples x), "
-                f"not both; got num_data={num_data} and subsample_size={subsample_size}"
-            )
-        if subsample_size is not None:
-            data = pyro.plate("data", x.shape[0], subsample_size=subsample_size, dim=-1)
-            with data as index:  # the plate draws its minibatch indices once; re-entering it reuses them
-                pass
-            return data, x[index], None if y is None else y[index]
-        size = x.shape[0] if num_data is None else num_data
-        return pyro.plate("data", size, subsample=torch.arange(x.shape[0], device=x.device), dim=-1), x, y
+        return data_plate(x, y, num_data, subsample_size)
 
     def forward(
         self,
