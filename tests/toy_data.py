@@ -19,3 +19,24 @@ def imbalanced_blobs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
     y = torch.multinomial(torch.tensor([0.5, 0.3, 0.2]), n, replacement=True, generator=g)
     centers = torch.tensor([[2.0, 0.0], [-1.0, 1.7], [-1.0, -1.7]])
     return centers[y] + 0.6 * torch.randn(n, 2, generator=g), y
+
+
+def keyword_sequences(
+    n: int, length: int = 10, vocab: int = 40, seed: int = 0, cls: int = 1, pad: int = 0, keyword: int = 5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences ``[CLS, w_1, ..., PAD, ...]`` of random lengths; the label is whether ``keyword`` occurs.
+
+    Words are drawn from ``[cls + 1, vocab)`` without the keyword, which is then planted at a random position in half
+    of the sequences, so the label depends on content anywhere in the sequence and not on its position.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    words = torch.randint(cls + 1, vocab - 1, (n, length), generator=gen)
+    words = words + (words >= keyword).long()  # skip the keyword id
+    lengths = torch.randint(3, length + 1, (n,), generator=gen)
+    y = torch.arange(n) % 2
+    where = (torch.rand(n, generator=gen) * (lengths - 1).float()).long() + 1
+    tokens = words.clone()
+    tokens[:, 0] = cls
+    tokens[y == 1, where[y == 1]] = keyword
+    tokens[torch.arange(length).expand(n, length) >= lengths[:, None]] = pad
+    return tokens, y

@@ -1,0 +1,101 @@
+r"""A Pyro model around any network: the network's output is the likelihood's parameter inside a data plate.
+
+Model: :math:`f = \mathrm{net}(x)` (the network's random weights, e.g. the factors of a :func:`lowrankify`-converted
+module, are global sites sampled outside the plate) and :math:`y_i \mid f_i \sim p(y \mid f_i)` inside the data plate,
+so a minibatch of size B from N data points scales the likelihood by N / B and the ELBO stays an unbiased estimate of
+the full-data ELBO. This is the glue that makes a converted ``nn.Module`` trainable with
+:func:`pyro_lowrank.inference.fit` (or plain :class:`~pyro.infer.SVI`) and predictable with
+:func:`pyro_lowrank.predictive.predict`.
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+from pyro.nn import PyroModule
+from pyro.nn.module import to_pyro_module_
+from torch import nn
+
+from pyro_lowrank._validation import check_finite
+
+from .data_plate import data_plate
+from .likelihoods import Likelihood, make_likelihood
+
+__all__ = ["SupervisedModel"]
+
+
+class SupervisedModel(PyroModule):
+    """``y ~ likelihood(network(x))`` for any network (a :func:`~pyro_lowrank.nn.lowrankify` result, a model built
+    from the library's layers, or a plain module made Bayesian some other way).
+
+    Parameters
+    ----------
+    network : nn.Module
+        Maps inputs ``(N, ...)`` to outputs ``(..., N, k)``; leading particle dimensions of its random weights come
+        first. A plain ``nn.Module`` is converted to a ``PyroModule`` in place so that its sites get path names.
+    likelihood : {"gaussian", "bernoulli", "categorical"} or Likelihood
+        The observation model; ``k`` must be 1 for Gaussian/Bernoulli and ``num_classes`` for categorical.
+    num_classes : int, optional
+        For ``likelihood="categorical"``.
+    noise_scale, learn_noise : float, bool
+        For ``likelihood="gaussian"``: the fixed noise sigma, or its initial value when learned.
+
+    Notes
+    -----
+    ``forward(x, y=None, *, num_data=None, subsample_size=None)`` records the network output as the deterministic site
+    ``f`` and the observations as ``obs``, like the library's other models.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        *,
+        likelihood: str | Likelihood = "categorical",
+        num_classes: int | None = None,
+        noise_scale: float = 1.0,
+        learn_noise: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
+        if not isinstance(network, PyroModule):
+            to_pyro_module_(network)
+        if likelihood == "categorical" and num_classes is None:
+            raise ValueError("likelihood='categorical' needs num_classes, got None")
+        kwargs = {"noise_scale": noise_scale, "learn_noise": learn_noise} if likelihood == "gaussian" else {}
+        self.network = network
+        self.likelihood = make_likelihood(likelihood, num_classes or 1, **kwargs)
+
+    def check_data(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """Validate a dataset once (``fit`` calls this): one target per input row, finite float inputs, and target
+        values in the likelihood's support."""
+        if x.dim() == 0:
+            raise ValueError(f"x must have a data dimension first, got a scalar of shape {tuple(x.shape)}")
+        if x.dtype.is_floating_point:
+            check_finite(x, "x")
+        if y is not None:
+            expected = x.shape[:1]
+            if y.shape != expected:
+                raise ValueError(f"y must have shape {tuple(expected)} to match x of shape {tuple(x.shape)}, "
+                                 f"got {tuple(y.shape)}")
+            if y.dtype.is_floating_point:
+                check_finite(y, "y")
+            self.likelihood.check_targets(y)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        num_data: int | None = None,
+        subsample_size: int | None = None,
+    ) -> torch.Tensor:
+        """Run the network on ``x`` and observe ``y`` inside the data plate; returns ``f``."""
+        if y is not None and y.shape[:1] != x.shape[:1]:
+            raise ValueError(f"y must have {x.shape[0]} rows to match x, got shape {tuple(y.shape)}")
+        plate, x, y = data_plate(x, y, num_data, subsample_size)
+        f = self.likelihood.link_input(self.network(x))
+        with plate:
+            pyro.deterministic("f", f, event_dim=self.likelihood.event_dim)
+            self.likelihood(f, y)
+        return f
