@@ -50,3 +50,11 @@ def test_baselines_snippet_builds_a_method():
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["method"].name == "lowrank_svd" and "mean_field" in namespace["available_methods"]()
+
+
+def test_lowrankify_snippet_trains_and_predicts():
+    code = re.findall(r"```python\n(.*?)```", README, re.S)[3]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["probs"].shape == (50, 8, 3)
+    assert type(namespace["bnn"].lstm).__name__ == "LowRankLSTM" and namespace["bnn"].head.rank == 2

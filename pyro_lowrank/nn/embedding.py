@@ -167,7 +167,7 @@ class LowRankEmbedding(LowRankLinear):
         raise TypeError("LowRankEmbedding is built from an nn.Embedding: use LowRankEmbedding.from_embedding")
 
     # ------------------------------------------------------------------ forward
-    def _check_tokens(self, tokens: torch.Tensor) -> None:
+    def check_tokens(self, tokens: torch.Tensor) -> None:
         if not isinstance(tokens, torch.Tensor):
             raise TypeError(f"tokens must be an integer torch.Tensor, got {type(tokens).__name__}")
         if tokens.dtype == torch.bool or tokens.is_floating_point() or tokens.is_complex():
@@ -187,7 +187,7 @@ class LowRankEmbedding(LowRankLinear):
         :math:`E_u = A_{\mathrm{uniq},:} B^\top` (:math:`U \times d` per particle), ``out = E_u[inverse]``. Factors
         of batch shape ``(P, 1)`` (vectorised particles) and tokens ``(N, L)`` give ``(P, N, L, d)``.
         """
-        self._check_tokens(tokens)
+        self.check_tokens(tokens)
         seq = self.sequence_dims
         a = align_to_plates(self.A, 2, seq)
         b = align_to_plates(self.B, 2, seq)

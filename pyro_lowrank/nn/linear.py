@@ -20,7 +20,9 @@ from pyro_lowrank._validation import check_last_dim, check_positive, check_posit
 from pyro_lowrank.distributions import FactorPrior, GaussianPrior, LowRankMatrixNormal
 from pyro_lowrank.guides.init import FactorInit, svd_init, variance_matching_init
 
-__all__ = ["LowRankLinear", "align_to_plates", "factor_matmul", "factored_is_cheaper"]
+__all__ = [
+    "LowRankLinear", "align_to_plates", "factor_matmul", "factored_is_cheaper", "fold_constant_batch", "strip_batch",
+]
 
 
 def factored_is_cheaper(batch: int, out_features: int, in_features: int, rank: int) -> bool:
@@ -51,35 +53,53 @@ def align_to_plates(value: torch.Tensor, event_dim: int, sequence_dims: int = 0)
     return value
 
 
+def fold_constant_batch(x: torch.Tensor, weight_batch: torch.Size | tuple[int, ...]) -> tuple[torch.Tensor, tuple, int, int]:
+    """Fold the trailing batch dimensions of ``x`` (shape ``bx + (n,)``) against which weights of batch shape
+    ``weight_batch`` are constant (size 1 or absent) into the rows of one matrix.
+
+    Returns ``(x2, tail, keep, length)``: ``x2`` of shape ``bx[:-k] + (rows, n)``, the folded sizes ``tail``, the number
+    of leading batch dimensions ``keep`` a weight must be reshaped to (:func:`strip_batch`), and the broadcast batch
+    rank ``length``. The product of ``x2`` with the stripped weights is unfolded by
+    ``out.reshape(out.shape[:-2] + tail + (m,))``. This turns the usual cases (no particles, or vectorised particles
+    ``(P, 1)`` with inputs ``(N, n)`` or ``(N, L, n)``) into (batched) GEMMs without per-datum copies of the weights.
+    """
+    n = x.shape[-1]
+    bx = tuple(x.shape[:-1])
+    bw = tuple(weight_batch)
+    length = max(len(bw), len(bx))
+    padded = (1,) * (length - len(bw)) + bw
+    k = 0
+    while k < len(bx) and padded[length - 1 - k] == 1:
+        k += 1
+    tail = bx[len(bx) - k:]
+    rows = 1
+    for size in tail:
+        rows *= size
+    return x.reshape(bx[: len(bx) - k] + (rows, n)), tail, length - k, length
+
+
+def strip_batch(t: torch.Tensor, keep: int, length: int, event_dim: int = 2) -> torch.Tensor:
+    """Reshape a weight of shape ``batch + event`` (``event_dim`` trailing dimensions) to the ``keep`` leading batch
+    dimensions of the ``length``-dimensional broadcast batch computed by :func:`fold_constant_batch`."""
+    event = tuple(t.shape[t.dim() - event_dim:])
+    tb = (1,) * (length - (t.dim() - event_dim)) + tuple(t.shape[: t.dim() - event_dim])
+    return t.reshape(tb[:keep] + event)
+
+
 def factor_matmul(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     r"""``x (A B^T)^T`` for ``x`` of shape ``bx + (n,)`` and factors of shapes ``bw + (m, r)``, ``bw + (n, r)``.
 
     The result has shape ``broadcast(bx, bw) + (m,)``: each input vector meets the factors of its own batch entry.
     For speed, the trailing input batch dimensions against which the factors are constant (size 1 or absent in
-    ``bw``) are folded into the rows of one matrix product, so the usual cases, no particles or vectorised particles
-    ``bw = (P, 1)`` with inputs ``(N, n)``, run as (batched) GEMMs ``(N, n) @ (n, r)`` and never materialise
-    per-datum copies of the factors. W is formed only when :func:`factored_is_cheaper` says it pays.
+    ``bw``) are folded into the rows of one matrix product (:func:`fold_constant_batch`), so the usual cases, no
+    particles or vectorised particles ``bw = (P, 1)`` with inputs ``(N, n)``, run as (batched) GEMMs
+    ``(N, n) @ (n, r)`` and never materialise per-datum copies of the factors. W is formed only when
+    :func:`factored_is_cheaper` says it pays.
     """
     n = x.shape[-1]
     m, r = a.shape[-2:]
-    bx = x.shape[:-1]
-    bw = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    length = max(len(bw), len(bx))
-    padded = (1,) * (length - len(bw)) + tuple(bw)
-    k = 0  # trailing input batch dims the factors do not vary over
-    while k < len(bx) and padded[length - 1 - k] == 1:
-        k += 1
-    tail = tuple(bx[len(bx) - k:])
-    rows = 1
-    for size in tail:
-        rows *= size
-    x2 = x.reshape(tuple(bx[: len(bx) - k]) + (rows, n))
-
-    def strip(t: torch.Tensor) -> torch.Tensor:
-        tb = (1,) * (length - (t.dim() - 2)) + tuple(t.shape[:-2])
-        return t.reshape(tb[: length - k] + tuple(t.shape[-2:]))
-
-    a2, b2 = strip(a), strip(b)
+    x2, tail, keep, length = fold_constant_batch(x, torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    a2, b2 = strip_batch(a, keep, length), strip_batch(b, keep, length)
     if factored_is_cheaper(x2.numel() // max(n, 1), m, n, r):
         out = (x2 @ b2) @ a2.transpose(-1, -2)
     else:

@@ -35,7 +35,7 @@ from pyro_lowrank._validation import check_last_dim, check_positive, check_posit
 from pyro_lowrank.distributions import FactorPrior
 from pyro_lowrank.guides.init import svd_init
 from pyro_lowrank.nn import linear as _linear
-from pyro_lowrank.nn.linear import LowRankLinear, align_to_plates, factor_matmul
+from pyro_lowrank.nn.linear import LowRankLinear, align_to_plates, factor_matmul, fold_constant_batch, strip_batch
 
 __all__ = ["LowRankLSTM"]
 
@@ -57,21 +57,11 @@ def _per_layer_ranks(rank: object, name: str, num_layers: int) -> list[object]:
 
 
 def _dense_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``x W^T`` for ``x`` of shape ``bx + (n,)`` and ``w`` of shape ``bw + (m, n)``; the trailing input batch
-    dimensions against which ``w`` is constant are folded into the rows of one GEMM (as in ``factor_matmul``)."""
-    n, m = x.shape[-1], w.shape[-2]
-    bx, bw = tuple(x.shape[:-1]), tuple(w.shape[:-2])
-    length = max(len(bx), len(bw))
-    padded = (1,) * (length - len(bw)) + bw
-    k = 0
-    while k < len(bx) and padded[length - 1 - k] == 1:
-        k += 1
-    tail = bx[len(bx) - k:]
-    rows = 1
-    for size in tail:
-        rows *= size
-    out = x.reshape(bx[: len(bx) - k] + (rows, n)) @ w.reshape(padded[: length - k] + (m, n)).transpose(-1, -2)
-    return out.reshape(out.shape[:-2] + tail + (m,))
+    """``x W^T`` for ``x`` of shape ``bx + (n,)`` and ``w`` of shape ``bw + (m, n)``, folding the input batch
+    dimensions against which ``w`` is constant into one GEMM (as :func:`~pyro_lowrank.nn.linear.factor_matmul`)."""
+    x2, tail, keep, length = fold_constant_batch(x, w.shape[:-2])
+    out = x2 @ strip_batch(w, keep, length).transpose(-1, -2)
+    return out.reshape(out.shape[:-2] + tail + (w.shape[-2],))
 
 
 class LowRankLSTM(PyroModule):
