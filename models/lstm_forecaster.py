@@ -10,7 +10,8 @@ Model, for a window :math:`x_{i,1:L} \in \mathbb R^{L\times d}` and target :math
 where every packed gate matrix of the LSTM is :math:`W = A B^\top` (:class:`~pyro_lowrank.nn.lstm.LowRankLSTM`,
 ranks ``rank_ih``/``rank_hh``; the paper's r = 14/20) and the head is a rank-``head_rank``
 :class:`~pyro_lowrank.nn.linear.LowRankLinear`. The factors are global sites sampled once per minibatch (and reused at
-every time step); only ``f`` and ``obs`` sit in the data plate, which scales the likelihood by N / B for minibatches.
+every time step); only ``f`` and ``obs`` sit in the data plate, which scales the likelihood by N / B for minibatches
+(the data plate and likelihood wiring are those of :class:`~pyro_lowrank.models.supervised.SupervisedModel`).
 :math:`\sigma` is a positive point estimate (``PyroParam``, type-II maximum likelihood inside the ELBO) or fixed.
 The predictive distribution of :math:`y_i` given S posterior draws :math:`f_i^{(s)}` has mean
 :math:`\bar f_i` and variance :math:`\operatorname{Var}_s f_i^{(s)} + \sigma^2`.
@@ -30,14 +31,24 @@ from pyro_lowrank.distributions import FactorPrior
 from pyro_lowrank.nn.linear import LowRankLinear
 from pyro_lowrank.nn.lstm import LowRankLSTM
 
-from .data_plate import data_plate
 from .likelihoods import GaussianLikelihood
+from .supervised import SupervisedModel
 
-__all__ = ["LowRankLSTMForecaster"]
+__all__ = ["ForecastGaussianLikelihood", "LowRankLSTMForecaster"]
 
 
 class ForecastGaussianLikelihood(GaussianLikelihood):
-    r""":math:`y \sim \mathcal N(f, \sigma^2 I_k)` for k = ``horizon`` outputs per datum (event dim 1 when k > 1)."""
+    r""":math:`y \sim \mathcal N(f, \sigma^2 I_k)` for k = ``horizon`` outputs per datum (event dim 1 when k > 1).
+
+    Parameters
+    ----------
+    horizon : int
+        k, the number of outputs per datum.
+    noise_scale : float
+        sigma (its initial value when learned), > 0.
+    learn_noise : bool
+        Learn sigma as a positive point estimate (``PyroParam``).
+    """
 
     def __init__(self, horizon: int, noise_scale: float = 1.0, learn_noise: bool = True) -> None:
         super().__init__(noise_scale, learn_noise)
@@ -49,12 +60,44 @@ class ForecastGaussianLikelihood(GaussianLikelihood):
         return f.squeeze(-1) if self.event_dim == 0 else f
 
     def forward(self, f: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        r"""Sample (or observe) ``obs`` :math:`\sim \mathcal N(f, \sigma^2 I_k)`.
+
+        Parameters
+        ----------
+        f : Tensor
+            The mean, ``(..., N)`` for k = 1 or ``(..., N, k)`` (after :meth:`link_input`), particle dims first.
+        y : Tensor, optional
+            Observed targets ``(N,)`` or ``(N, k)``; ``None`` samples them.
+
+        Returns
+        -------
+        Tensor
+            The site's value: ``y`` when observed, else a draw of the shape of ``f``. Called inside the data plate,
+            the site's log density :math:`\sum_j \log \mathcal N(y_{ij}; f_{ij}, \sigma^2)` is one term per datum
+            (the k outputs form the event when k > 1).
+        """
         return pyro.sample("obs", dist.Normal(f, self.noise_scale).to_event(self.event_dim), obs=y)
 
 
-class LowRankLSTMForecaster(PyroModule):
+class _ForecastNetwork(PyroModule):
+    """Windows ``(N, L, input_size)`` to ``(..., N, horizon)``: the head applied to the LSTM's last hidden state."""
+
+    def __init__(self, lstm: LowRankLSTM, head: LowRankLinear) -> None:
+        super().__init__()
+        self.lstm = lstm
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output, _ = self.lstm(x)
+        return self.head(output[..., -1, :])
+
+    def num_variational_parameters(self) -> int:
+        return self.lstm.num_variational_parameters() + self.head.num_variational_parameters()
+
+
+class LowRankLSTMForecaster(SupervisedModel):
     """Low-rank Bayesian LSTM forecaster: batch-first :class:`LowRankLSTM`, last hidden state, low-rank head, Gaussian
-    likelihood (see the module docstring for the model).
+    likelihood (see the module docstring for the model); a :class:`SupervisedModel` around that network.
 
     Parameters
     ----------
@@ -81,7 +124,9 @@ class LowRankLSTMForecaster(PyroModule):
     -----
     ``forward(x, y=None, *, num_data=None, subsample_size=None)`` takes windows ``x`` ``(N, L, input_size)`` and
     targets ``y`` ``(N,)`` (horizon 1) or ``(N, horizon)``; it records the deterministic site ``f`` and the observed
-    site ``obs`` in the data plate and returns ``f`` (with leading particle dimensions under vectorisation).
+    site ``obs`` in the data plate and returns ``f`` (with leading particle dimensions under vectorisation). The
+    submodules are ``network.lstm`` and ``network.head`` (sites ``network.lstm.ih.0.A``, ``network.head.A``, ...)
+    and ``likelihood`` (a :class:`ForecastGaussianLikelihood`).
     """
 
     def __init__(
@@ -100,18 +145,28 @@ class LowRankLSTMForecaster(PyroModule):
         init_scale_factor: float = 0.1,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.horizon = check_positive_int(horizon, "horizon")
+        horizon = check_positive_int(horizon, "horizon")
         hidden_size = check_positive_int(hidden_size, "hidden_size")
-        head_rank = check_rank(head_rank, self.horizon, hidden_size, "head_rank")
-        self.lstm = LowRankLSTM(input_size, hidden_size, num_layers, rank_ih, rank_hh, batch_first=True,
-                                dropout=dropout, prior=prior, prior_scale=prior_scale,
-                                init_scale_factor=init_scale_factor)
+        head_rank = check_rank(head_rank, horizon, hidden_size, "head_rank")
+        lstm = LowRankLSTM(input_size, hidden_size, num_layers, rank_ih, rank_hh, batch_first=True, dropout=dropout,
+                           prior=prior, prior_scale=prior_scale, init_scale_factor=init_scale_factor)
         # linear read-out of a tanh-bounded state: target weight variance 1 / H (gain 1)
-        self.head = LowRankLinear(hidden_size, self.horizon, head_rank, prior=copy.deepcopy(prior),
-                                  prior_scale=prior_scale, gain=1.0, init_scale_factor=init_scale_factor)
-        self.likelihood = ForecastGaussianLikelihood(self.horizon, noise_scale, learn_noise)
-        self.input_size = self.lstm.input_size
+        head = LowRankLinear(hidden_size, horizon, head_rank, prior=copy.deepcopy(prior), prior_scale=prior_scale,
+                             gain=1.0, init_scale_factor=init_scale_factor)
+        super().__init__(_ForecastNetwork(lstm, head),
+                         likelihood=ForecastGaussianLikelihood(horizon, noise_scale, learn_noise))
+        self.horizon = horizon
+        self.input_size = lstm.input_size
+
+    @property
+    def lstm(self) -> LowRankLSTM:
+        """The batch-first :class:`LowRankLSTM` (``network.lstm``)."""
+        return self.network.lstm
+
+    @property
+    def head(self) -> LowRankLinear:
+        """The low-rank ``(horizon, H)`` read-out (``network.head``)."""
+        return self.network.head
 
     @property
     def noise_scale(self) -> torch.Tensor:
@@ -120,14 +175,9 @@ class LowRankLSTMForecaster(PyroModule):
 
     def num_variational_parameters(self) -> int:
         """Learned numbers of a mean-field guide over the LSTM and head factors (sigma, a point estimate, excluded)."""
-        return self.lstm.num_variational_parameters() + self.head.num_variational_parameters()
+        return self.network.num_variational_parameters()
 
-    # ------------------------------------------------------------------ network and data
-    def network(self, x: torch.Tensor) -> torch.Tensor:
-        """``f``: the head applied to the last hidden state, ``(..., N)`` (horizon 1) or ``(..., N, horizon)``."""
-        output, _ = self.lstm(x)
-        return self.likelihood.link_input(self.head(output[..., -1, :]))
-
+    # ------------------------------------------------------------------ data
     def _check_shapes(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -161,16 +211,12 @@ class LowRankLSTMForecaster(PyroModule):
     ) -> torch.Tensor:
         """Forecast from windows ``x`` (N, L, input_size) and observe ``y`` inside the data plate; returns ``f``.
 
+        The shapes are checked, then :meth:`SupervisedModel.forward` runs the network and the likelihood.
         ``num_data``: ``x`` is a minibatch of a dataset of this size (likelihood scaled by N / B);
         ``subsample_size``: the plate draws a random minibatch of ``x``; neither: ``x`` is the whole dataset.
         """
         self._check_shapes(x, y)
-        data, x, y = data_plate(x, y, num_data, subsample_size)
-        f = self.network(x)
-        with data:
-            pyro.deterministic("f", f, event_dim=self.likelihood.event_dim)
-            self.likelihood(f, y)
-        return f
+        return super().forward(x, y, num_data=num_data, subsample_size=subsample_size)
 
     def extra_repr(self) -> str:
         return f"horizon={self.horizon}, learn_noise={self.likelihood.learn_noise}"

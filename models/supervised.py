@@ -13,10 +13,11 @@ from __future__ import annotations
 import pyro
 import torch
 from pyro.nn import PyroModule
-from pyro.nn.module import to_pyro_module_
 from torch import nn
 
 from pyro_lowrank._validation import check_finite
+from pyro_lowrank.nn.convert import LOW_RANK_TYPES
+from pyro_lowrank.nn.point_estimates import to_point_estimates_
 
 from .data_plate import data_plate
 from .likelihoods import Likelihood, make_likelihood
@@ -32,7 +33,9 @@ class SupervisedModel(PyroModule):
     ----------
     network : nn.Module
         Maps inputs ``(N, ...)`` to outputs ``(..., N, k)``; leading particle dimensions of its random weights come
-        first. A plain ``nn.Module`` is converted to a ``PyroModule`` in place so that its sites get path names.
+        first. It is made a ``PyroModule`` tree in place, its sites named by path and its plain parameters turned
+        into point-estimated ``PyroParam`` s (:func:`~pyro_lowrank.nn.point_estimates.to_point_estimates_`), so both
+        ``fit`` and plain ``SVI`` train them.
     likelihood : {"gaussian", "bernoulli", "categorical"} or Likelihood
         The observation model; ``k`` must be 1 for Gaussian/Bernoulli and ``num_classes`` for categorical.
     num_classes : int, optional
@@ -58,8 +61,7 @@ class SupervisedModel(PyroModule):
         super().__init__()
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
-        if not isinstance(network, PyroModule):
-            to_pyro_module_(network)
+        to_point_estimates_(network, skip=LOW_RANK_TYPES)
         if likelihood == "categorical" and num_classes is None:
             raise ValueError("likelihood='categorical' needs num_classes, got None")
         kwargs = {"noise_scale": noise_scale, "learn_noise": learn_noise} if likelihood == "gaussian" else {}

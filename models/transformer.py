@@ -90,20 +90,30 @@ class LowRankTransformerEncoder(PyroModule):
         self.head = LowRankLinear(d_model, num_classes, head_rank, **common, **own_prior())
 
     def check_tokens(self, tokens: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``tokens`` is an integer ``(N, L)`` tensor with L <= max_len and ids in
-        [0, vocab_size)."""
-        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.dim() != 2:
-            raise ValueError(f"tokens must be an integer tensor of shape (N, L), got dtype {tokens.dtype} and shape "
-                             f"{tuple(tokens.shape)}")
+        """Validate a token batch: the embedding's checks (an integer tensor with ids in [0, vocab_size)), then
+        shape ``(N, L)`` with 1 <= L <= ``max_len``.
+
+        Raises
+        ------
+        TypeError
+            If ``tokens`` is not an integer tensor (from :meth:`LowRankEmbedding.check_tokens`).
+        ValueError
+            For ids outside [0, vocab_size), a shape other than ``(N, L)`` or L outside [1, max_len].
+        """
+        self.embedding.check_tokens(tokens)
+        self._check_shape(tokens)
+
+    def _check_shape(self, tokens: torch.Tensor) -> None:
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(f"tokens must be an integer torch.Tensor, got {type(tokens).__name__}")
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must have shape (N, L), got shape {tuple(tokens.shape)}")
         if not 1 <= tokens.shape[1] <= self.max_len:
             raise ValueError(f"tokens must have length L in [1, max_len={self.max_len}], got {tokens.shape[1]}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
-            raise ValueError(f"token ids must lie in [0, vocab_size={self.vocab_size}), got range "
-                             f"[{int(tokens.min())}, {int(tokens.max())}]")
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Class logits ``(..., N, num_classes)`` for ``tokens`` ``(N, L)`` whose first column is [CLS]."""
-        self.check_tokens(tokens)
+        self._check_shape(tokens)  # the embedding validates the dtype and the ids
         h = self.dropout(self.embedding(tokens) + self.position[: tokens.shape[1]])
         padding = tokens == self.padding_idx
         for layer in self.layers:
@@ -143,9 +153,33 @@ class LowRankTransformerClassifier(SupervisedModel):
     tokenizer's choice) and are right-padded with ``padding_idx``. The logits are the deterministic site ``f``.
     """
 
-    def __init__(self, vocab_size: int, num_classes: int, **kwargs) -> None:
-        super().__init__(LowRankTransformerEncoder(vocab_size, num_classes, **kwargs), likelihood="categorical",
-                         num_classes=num_classes)
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        *,
+        d_model: int = 256,
+        num_layers: int = 4,
+        num_heads: int = 4,
+        dim_feedforward: int = 512,
+        max_len: int = 64,
+        rank: int = 16,
+        embedding_rank: int | None = None,
+        head_rank: int | None = None,
+        dropout: float = 0.1,
+        activation: str = "gelu",
+        padding_idx: int = 0,
+        prior: FactorPrior | None = None,
+        prior_scale: float = 1.0,
+        init_scale_factor: float = 0.1,
+    ) -> None:
+        encoder = LowRankTransformerEncoder(
+            vocab_size, num_classes, d_model=d_model, num_layers=num_layers, num_heads=num_heads,
+            dim_feedforward=dim_feedforward, max_len=max_len, rank=rank, embedding_rank=embedding_rank,
+            head_rank=head_rank, dropout=dropout, activation=activation, padding_idx=padding_idx, prior=prior,
+            prior_scale=prior_scale, init_scale_factor=init_scale_factor,
+        )
+        super().__init__(encoder, likelihood="categorical", num_classes=num_classes)
 
     def check_data(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """Validate the tokens and labels once (``fit`` calls this)."""

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pyro.nn import PyroModule
+from pyro.poutine.runtime import get_plates
 from torch import nn
 
 from pyro_lowrank._validation import check_last_dim, check_positive, check_positive_int, check_probability, check_rank
@@ -33,13 +34,39 @@ from pyro_lowrank.distributions import FactorPrior
 from pyro_lowrank.guides.init import svd_init
 from pyro_lowrank.nn.linear import LowRankLinear
 
-__all__ = ["LowRankMultiheadAttention", "additive_mask", "check_multihead_attention", "resolve_ranks"]
+__all__ = [
+    "LowRankMultiheadAttention",
+    "additive_mask",
+    "check_batched_under_plates",
+    "check_multihead_attention",
+    "resolve_ranks",
+]
 
 
 def resolve_ranks(rank: object, shapes: Mapping[str, tuple[int, int]], owner: str) -> dict[str, int]:
-    """Ranks of several factorised matrices from one int (used for all) or a mapping with exactly the keys of
-    ``shapes``; each is checked against its matrix, ``shapes[key] = (m, n)``, so an error names the matrix and the
-    limit ``min(m, n)``."""
+    r"""Ranks of several factorised matrices from one int (used for all) or a mapping with exactly the keys of
+    ``shapes``.
+
+    Parameters
+    ----------
+    rank : int or mapping
+        One rank for every matrix, or ``{key: rank}`` with exactly the keys of ``shapes``.
+    shapes : mapping of str to (int, int)
+        ``shapes[key] = (m, n)``, the shape of the ``m x n`` matrix :math:`W_\text{key} = A B^\top`.
+    owner : str
+        The module named in error messages.
+
+    Returns
+    -------
+    dict of str to int
+        ``{key: r_key}`` with every :math:`r_\text{key} \in [1, \min(m, n)]`.
+
+    Raises
+    ------
+    ValueError
+        For a mapping with other keys, or a rank outside ``[1, min(m, n)]`` (the error names the matrix and the
+        limit).
+    """
     keys = list(shapes)
     if isinstance(rank, Mapping):
         if set(rank) != set(keys):
@@ -56,8 +83,28 @@ def resolve_ranks(rank: object, shapes: Mapping[str, tuple[int, int]], owner: st
 
 
 def additive_mask(mask: torch.Tensor | None, name: str, dtype: torch.dtype) -> torch.Tensor | None:
-    """A boolean mask (``True`` = not allowed) as a float mask with -inf there and 0 elsewhere; float masks are
-    returned in ``dtype`` as they are (they are added to the attention logits)."""
+    r"""An attention mask in additive form, :math:`M` in :math:`\operatorname{softmax}(Q K^\top / \sqrt{d_h} + M)`.
+
+    Parameters
+    ----------
+    mask : Tensor or None
+        A boolean mask (``True`` = not allowed) or a floating-point mask (added to the logits as it is).
+    name : str
+        The argument named in error messages (``"attn_mask"``, ``"key_padding_mask"``).
+    dtype : torch.dtype
+        The floating dtype of the attention logits.
+
+    Returns
+    -------
+    Tensor or None
+        ``None`` for ``None``; for a boolean mask :math:`M_{ij} = -\infty` where ``mask`` is ``True`` and 0
+        elsewhere; a float mask converted to ``dtype``. Same shape and device as ``mask``.
+
+    Raises
+    ------
+    TypeError
+        If ``mask`` is not a tensor, or is neither boolean nor floating-point.
+    """
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):
@@ -70,13 +117,67 @@ def additive_mask(mask: torch.Tensor | None, name: str, dtype: torch.dtype) -> t
 
 
 def check_multihead_attention(mha: object) -> None:
-    """Raise unless ``mha`` is an ``nn.MultiheadAttention`` without ``add_bias_kv`` / ``add_zero_attn``."""
+    """Check that ``mha`` is an ``nn.MultiheadAttention`` that :class:`LowRankMultiheadAttention` can reproduce.
+
+    Parameters
+    ----------
+    mha : object
+        The module to check.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        If ``mha`` is not a :class:`torch.nn.MultiheadAttention`.
+    ValueError
+        If it has ``add_bias_kv=True`` or ``add_zero_attn=True`` (not supported).
+    """
     if not isinstance(mha, nn.MultiheadAttention):
         raise TypeError(f"mha must be a torch.nn.MultiheadAttention, got {type(mha).__name__}")
     if mha.bias_k is not None or mha.bias_v is not None:
         raise ValueError("LowRankMultiheadAttention supports only add_bias_kv=False, got add_bias_kv=True")
     if mha.add_zero_attn:
         raise ValueError("LowRankMultiheadAttention supports only add_zero_attn=False, got add_zero_attn=True")
+
+
+def check_batched_under_plates(shape: torch.Size | tuple[int, ...], name: str, owner: str, batched: str) -> None:
+    """Reject an unbatched (2-D) input while vectorised plates are active.
+
+    Under vectorised particles (``pyro.plate("particles", P, dim=-2)`` from ``Trace_ELBO(vectorize_particles=True)``
+    or :func:`~pyro_lowrank.predictive.predict`) the factors have batch shape ``(P, 1)``, so a sequence layer given
+    an unbatched ``(L, n)`` input returns ``(P, L, H)``, which the next sequence layer would read as a batch of P
+    sequences (giving ``(P, P, L, H)``). Outside vectorised plates unbatched inputs are accepted, as in torch.
+
+    Parameters
+    ----------
+    shape : torch.Size or tuple of int
+        Shape of the unbatched input.
+    name : str
+        The argument named in the error (``"input"``, ``"query"``).
+    owner : str
+        The module named in the error.
+    batched : str
+        The batched layout to suggest, e.g. ``"(1, L, input_size)"``.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    ValueError
+        If any vectorised plate (a plate frame with a ``dim``) is active.
+    """
+    plates = [frame.name for frame in get_plates() if frame.vectorized]
+    if plates:
+        raise ValueError(
+            f"{owner} got an unbatched {name} of shape {tuple(shape)} inside the vectorised plate(s) {plates}: "
+            f"its output would carry the plate dimension where a following sequence layer expects the batch "
+            f"dimension N. Add a batch dimension of size 1, i.e. pass {name} of shape {batched}"
+        )
 
 
 class LowRankMultiheadAttention(PyroModule):
@@ -113,9 +214,10 @@ class LowRankMultiheadAttention(PyroModule):
     ``add_zero_attn = False`` and ``batch_first`` make them refuse their fused fast path and call :meth:`forward`.
 
     Inputs may carry leading particle dimensions (``(P, N, L, E)`` from an earlier Bayesian layer); a 2-D query is
-    unbatched ``(L, E)``. ``is_causal=True`` without ``attn_mask`` applies the causal mask (torch raises there);
-    with ``attn_mask`` it is the same hint as in torch (the mask is skipped only when there is no key padding mask
-    and no weights are returned).
+    unbatched ``(L, E)``, accepted as in torch outside vectorised plates and rejected (``ValueError``: add a batch
+    dimension) inside them, where the output would get the particle dimension in place of N. ``is_causal=True``
+    without ``attn_mask`` applies the causal mask (torch raises there); with ``attn_mask`` it is the same hint as in
+    torch (the mask is skipped only when there is no key padding mask and no weights are returned).
     """
 
     def __init__(
@@ -181,6 +283,20 @@ class LowRankMultiheadAttention(PyroModule):
         (:math:`\mu_A\mu_B^\top` = best rank-r approximation), the bias means are the module's biases. ``num_heads``,
         ``kdim``, ``vdim``, ``bias``, ``dropout``, ``batch_first``, dtype and device are copied (``kwargs`` may
         override ``dropout``/``batch_first`` and set ``prior``, ``prior_scale``, ``init_scale_factor``).
+
+        Parameters
+        ----------
+        mha : nn.MultiheadAttention
+            The trained attention.
+        rank : int or mapping
+            As in the constructor.
+        **kwargs
+            Further constructor arguments.
+
+        Returns
+        -------
+        LowRankMultiheadAttention
+            At full rank, its forward at the factor means reproduces ``mha``.
 
         Raises
         ------
@@ -250,6 +366,7 @@ class LowRankMultiheadAttention(PyroModule):
             if key.dim() != 2 or value.dim() != 2:
                 raise ValueError(f"for an unbatched (2-D) query, key and value must be 2-D, got key shape "
                                  f"{tuple(key.shape)} and value shape {tuple(value.shape)}")
+            check_batched_under_plates(query.shape, "query", owner, "(1, L, E)" if self.batch_first else "(L, 1, E)")
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
             if key_padding_mask is not None:
                 if key_padding_mask.dim() != 1:

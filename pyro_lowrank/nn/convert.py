@@ -45,7 +45,7 @@ from pyro_lowrank.nn.linear import LowRankLinear
 from pyro_lowrank.nn.lstm import LowRankLSTM
 from pyro_lowrank.nn.point_estimates import to_point_estimates_
 
-__all__ = ["SUPPORTED_TYPES", "RankSpec", "lowrankify"]
+__all__ = ["LOW_RANK_TYPES", "SUPPORTED_TYPES", "RankSpec", "lowrankify"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +54,13 @@ RankSpec = Union[int, float, Mapping[str, Union[int, float]], Callable[[str, nn.
 #: torch module types that :func:`lowrankify` converts.
 SUPPORTED_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding, nn.LSTM, nn.MultiheadAttention)
 
-_LOW_RANK_TYPES = (LowRankLinear, LowRankEmbedding, LowRankLSTM, LowRankMultiheadAttention)
+#: The library's layers that ``lowrankify`` produces (their subtrees are never converted again).
+LOW_RANK_TYPES: tuple[type[nn.Module], ...] = (LowRankLinear, LowRankEmbedding, LowRankLSTM, LowRankMultiheadAttention)
 
 # Weight-carrying torch layers we cannot factorise: matching one of them is an error, not a silent skip.
 _UNSUPPORTED_WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
     nn.modules.conv._ConvNd,
-    nn.RNNBase,  # GRU, RNN (and LSTMs we reject below: bidirectional or projected)
+    nn.RNNBase,  # GRU, RNN (nn.LSTM is supported unless bidirectional or projected)
     nn.RNNCellBase,
     nn.Bilinear,
     nn.EmbeddingBag,
@@ -115,23 +116,41 @@ def _check_rank_value(value: Any, name: str) -> int | float:
 
 
 def _check_convertible(name: str, module: nn.Module) -> None:
+    """Raise ``ValueError`` for a supported type in a configuration we cannot factorise (the same checks for
+    ``init="svd"`` and ``init="random"``)."""
     where = f"'{name}'" if name else "the module"
+    hint = f"; leave it deterministic with exclude=[{name!r}]"
     if isinstance(module, nn.LSTM) and (module.bidirectional or module.proj_size > 0):
-        raise TypeError(
+        raise ValueError(
             f"lowrankify cannot convert {where} ({module!r}): only unidirectional nn.LSTM without projections "
-            f"(bidirectional=False, proj_size=0) is supported; exclude it with exclude=[{name!r}]"
+            f"(bidirectional=False, proj_size=0) is supported{hint}"
         )
     if isinstance(module, nn.MultiheadAttention) and (module.bias_k is not None or module.add_zero_attn):
-        raise TypeError(
-            f"lowrankify cannot convert {where}: nn.MultiheadAttention with add_bias_kv or add_zero_attn is not "
-            f"supported; exclude it with exclude=[{name!r}]"
-        )
+        raise ValueError(f"lowrankify cannot convert {where}: nn.MultiheadAttention with add_bias_kv or "
+                         f"add_zero_attn is not supported{hint}")
+    if isinstance(module, nn.Embedding) and (module.max_norm is not None or module.sparse
+                                             or module.scale_grad_by_freq):
+        raise ValueError(f"lowrankify cannot convert {where}: nn.Embedding with max_norm, sparse or "
+                         f"scale_grad_by_freq is not supported (got max_norm={module.max_norm}, "
+                         f"sparse={module.sparse}, scale_grad_by_freq={module.scale_grad_by_freq}){hint}")
     if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
         raise ValueError(f"{where} has uninitialised lazy parameters: run one forward pass before lowrankify")
 
 
+def _selected(name: str, patterns: tuple[str, ...]) -> bool:
+    """Whether ``name`` or one of its ancestors (``a`` and ``a.b`` for ``a.b.c``) matches a pattern: selecting a
+    container selects its subtree."""
+    parts = name.split(".") if name else [""]
+    return any(_matches(".".join(parts[:i]), patterns) for i in range(1, len(parts) + 1))
+
+
 def _convert(module: nn.Module, spec: int | float, name: str, init: str, kwargs: dict[str, Any]) -> nn.Module:
-    """The low-rank Bayesian version of one supported module, on its device and dtype."""
+    """The low-rank Bayesian version of one supported module, on its device and dtype and in its train/eval mode."""
+    new = _build(module, spec, name, init, kwargs)
+    return new.train(module.training)
+
+
+def _build(module: nn.Module, spec: int | float, name: str, init: str, kwargs: dict[str, Any]) -> nn.Module:
     svd = init == "svd"
     where = f"'{name}'" if name else "the module"
     weight = next(module.parameters())
@@ -176,7 +195,7 @@ def lowrankify(
     init: str = "svd",
     include: str | Iterable[str] | None = None,
     exclude: str | Iterable[str] | None = None,
-    sequence_dims: int | Mapping[str, int] = 0,
+    sequence_dims: int | None | Mapping[str, int | None] = None,
     inplace: bool = False,
     **layer_kwargs: Any,
 ) -> PyroModule:
@@ -197,15 +216,17 @@ def lowrankify(
         Factor means from the truncated SVD of the module's current weights (and bias means from its biases), or
         the layers' variance-matching random initialisation (a fresh Bayesian network of the same architecture).
     include, exclude : glob pattern or sequence of patterns, optional
-        Convert only modules whose qualified name (as in ``module.named_modules()``, ``""`` for ``module`` itself)
-        matches an ``include`` pattern, and none matching an ``exclude`` pattern.
-    sequence_dims : int or mapping
+        Convert only modules whose qualified name (as in ``module.named_modules()``, ``""`` for ``module`` itself),
+        or the name of one of their ancestors, matches an ``include`` pattern and no ``exclude`` pattern: selecting
+        a container (``exclude="encoder"``) selects its whole subtree.
+    sequence_dims : int, None or mapping
         Per-datum dimensions between the data dimension and the features of the inputs that converted
         ``nn.Linear`` and ``nn.Embedding`` layers see (0 for ``(N, n)``, 1 for ``(N, L, n)`` token or time-step
         inputs); it lines the factors' particle dimensions up with the inputs under vectorised particles (see
-        :func:`pyro_lowrank.nn.linear.align_to_plates`) and changes nothing otherwise. One int for all layers, or
-        ``{glob pattern: int}`` by qualified name (first match; 0 for names matching none), e.g. ``{"encoder.*": 1}``
-        when a classification head after pooling sees ``(N, d)``. LSTM and attention layers handle their own
+        :func:`pyro_lowrank.nn.linear.align_to_plates`) and changes nothing otherwise. ``None`` (default): each
+        layer infers it from the inputs it sees when called without vectorised particles (a guide's first call
+        does this), which is right whatever the layout. An int for all layers, or ``{glob pattern: int or None}`` by
+        qualified name (first match; ``None`` for names matching none). LSTM and attention layers handle their own
         layout.
     inplace : bool
         Convert ``module`` itself (its class becomes a ``PyroModule`` subclass) instead of a deep copy.
@@ -231,8 +252,18 @@ def lowrankify(
 
     Notes
     -----
-    Weight tying between converted modules is not preserved: each converted module gets its own factors.
-    Sub-modules of a converted ``nn.MultiheadAttention`` (its ``out_proj``) are converted with it, never alone.
+    Weight tying between converted modules is not preserved: each converted module gets its own factors (tying
+    between modules that stay deterministic is kept). Sub-modules of a converted ``nn.MultiheadAttention`` (its
+    ``out_proj``) are converted with it, never alone. The converted modules keep the train/eval mode of the ones
+    they replace.
+
+    Vectorised particles (``fit`` with ``num_particles > 1``, ``fit``'s validation pass, :func:`predict`) run every
+    posterior draw in one pass, so all activations after the first Bayesian layer carry a leading particle
+    dimension. The network's own code must accept it: index from the right (``h[..., 0, :]``, ``mean(-2)``) rather
+    than from the left, and deterministic torch layers that insist on a fixed number of dimensions (a torch
+    ``nn.LSTM``, ``BatchNorm``, ``Flatten()`` with its default ``start_dim=1``) must not follow a converted layer.
+    Where that is unavoidable, draw sequentially (``pyro.infer.Predictive(model, guide=guide, num_samples=S,
+    parallel=False)``) and train with one particle.
 
     Examples
     --------
@@ -248,7 +279,7 @@ def lowrankify(
     exclude_patterns = _patterns(exclude, "exclude")
     seq_spec = sequence_dims if isinstance(sequence_dims, Mapping) else {"*": sequence_dims}
     for pattern, value in seq_spec.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ValueError(f"sequence_dims must be a non-negative integer (or a mapping to them), got "
                              f"{value!r} for {pattern!r}")
     if not isinstance(rank, (Mapping, numbers.Real)) and not callable(rank) or isinstance(rank, bool):
@@ -260,31 +291,32 @@ def lowrankify(
     for name, sub in root.named_modules():
         if any(name.startswith(prefix + ".") or prefix == "" for prefix in skip_below):
             continue
-        if isinstance(sub, (nn.MultiheadAttention, *_LOW_RANK_TYPES)):
+        if isinstance(sub, (nn.MultiheadAttention, *LOW_RANK_TYPES)):
             skip_below.append(name)  # never convert an attention's out_proj alone: its forward reads the weight
-        if include_patterns is not None and not _matches(name, include_patterns):
+        if include_patterns is not None and not _selected(name, include_patterns):
             continue
-        if exclude_patterns is not None and _matches(name, exclude_patterns):
+        if exclude_patterns is not None and _selected(name, exclude_patterns):
             continue
-        if isinstance(sub, _LOW_RANK_TYPES):
+        if isinstance(sub, LOW_RANK_TYPES):
             continue
-        if not isinstance(sub, SUPPORTED_TYPES):
-            if isinstance(sub, _UNSUPPORTED_WEIGHT_LAYERS):
-                where = f"'{name}'" if name else "the module itself"
-                raise TypeError(
-                    f"lowrankify cannot convert {where} of type {type(sub).__module__}.{type(sub).__name__}; "
-                    f"supported types are {_supported_names()}. Leave it deterministic with exclude=[{name!r}]"
-                )
-            continue
-        _check_convertible(name, sub)
+        supported = isinstance(sub, SUPPORTED_TYPES)
+        if not supported and not isinstance(sub, _UNSUPPORTED_WEIGHT_LAYERS):
+            continue  # norms, activations, containers: kept deterministic
         spec = _rank_for(rank, name, sub)
         if spec is None:
-            continue
+            continue  # not selected by the rank mapping or callable
+        if not supported:
+            where = f"'{name}'" if name else "the module itself"
+            raise TypeError(
+                f"lowrankify cannot convert {where} of type {type(sub).__module__}.{type(sub).__name__}; "
+                f"supported types are {_supported_names()}. Leave it deterministic with exclude=[{name!r}]"
+            )
+        _check_convertible(name, sub)
         spec = _check_rank_value(spec, name)
         kwargs = dict(layer_kwargs)
         if "prior" in kwargs and kwargs["prior"] is not None:
             kwargs["prior"] = copy.deepcopy(kwargs["prior"])
-        kwargs["sequence_dims"] = next((v for p, v in seq_spec.items() if fnmatch.fnmatchcase(name, p)), 0)
+        kwargs["sequence_dims"] = next((v for p, v in seq_spec.items() if fnmatch.fnmatchcase(name, p)), None)
         replacements[id(sub)] = _convert(sub, spec, name, init, kwargs)
         logger.info("lowrankify: %s (%s) -> %s", name or "<root>", type(sub).__name__, replacements[id(sub)])
 
@@ -302,4 +334,4 @@ def lowrankify(
     for sub in root.modules():
         if isinstance(sub, nn.TransformerEncoder):
             sub.use_nested_tensor = False  # its nested-tensor fast path reads self_attn.out_proj.weight
-    return to_point_estimates_(root, skip=_LOW_RANK_TYPES)
+    return to_point_estimates_(root, skip=LOW_RANK_TYPES)

@@ -16,6 +16,8 @@ means :math:`\sim \mathcal N(0, s^2)` with :math:`s = r^{-1/4}`, so :math:`\oper
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, NoReturn
 
 import torch
@@ -56,6 +58,10 @@ class LowRankEmbedding(LowRankLinear):
     ``weight_posterior`` (event shape ``(V, d)``), ``initial_values`` and ``num_variational_parameters``
     (:math:`2 r (V + d)`) work unchanged.
 
+    What follows the batch and what does not: the forward pass costs :math:`O(U r d)` for the :math:`U` distinct
+    tokens of a batch, never forming the :math:`V \times d` table; a mean-field guide still draws all of :math:`A`
+    (:math:`V r` Gaussian entries, elementwise work) and its KL term covers every row on each step.
+
     Parameters
     ----------
     num_embeddings : int
@@ -73,10 +79,11 @@ class LowRankEmbedding(LowRankLinear):
         Standard deviation of the default Gaussian prior.
     init_scale_factor : float
         eta: the guide's initial standard deviation is eta * s, s the factor entry scale of the init.
-    sequence_dims : int
-        Per-datum dimensions of the token tensor after the data dimension: 1 for tokens ``(N, L)`` (default),
-        0 for ``(N,)``. It only matters when the factors carry particle dimensions (see
-        :func:`~pyro_lowrank.nn.linear.align_to_plates`).
+    sequence_dims : int or None
+        Per-datum dimensions of the token tensor after the data dimension: 1 for tokens ``(N, L)``, 0 for ``(N,)``.
+        It only matters when the factors carry particle dimensions (see
+        :func:`~pyro_lowrank.nn.linear.align_to_plates`). ``None`` (default): inferred as ``tokens.dim() - 1`` from
+        calls made without vectorised particles, as for :class:`~pyro_lowrank.nn.LowRankLinear`.
     """
 
     def __init__(
@@ -88,7 +95,7 @@ class LowRankEmbedding(LowRankLinear):
         prior: FactorPrior | None = None,
         prior_scale: float = 1.0,
         init_scale_factor: float = 0.1,
-        sequence_dims: int = 1,
+        sequence_dims: int | None = None,
     ) -> None:
         num_embeddings = check_positive_int(num_embeddings, "num_embeddings")
         embedding_dim = check_positive_int(embedding_dim, "embedding_dim")
@@ -126,8 +133,9 @@ class LowRankEmbedding(LowRankLinear):
     def from_embedding(cls, embedding: nn.Embedding, rank: int, **kwargs: Any) -> "LowRankEmbedding":
         r"""SVD-initialised layer from a trained :class:`torch.nn.Embedding`.
 
-        :math:`\mu_A \mu_B^\top` is the best rank-r approximation of the embedding table (with its padding row set
-        to zero, since the padding token's output is zero regardless). ``padding_idx``, dtype and device are copied;
+        :math:`\mu_A \mu_B^\top` is the best rank-r approximation of the embedding table with its padding row set
+        to zero: the low-rank layer's padding output is always zero (torch initialises that row to zero and never
+        updates it; a pretrained non-zero padding row is not reproduced, and a ``UserWarning`` says so). ``padding_idx``, dtype and device are copied;
         ``kwargs`` go to the constructor (``prior``, ``init_scale_factor``, ``sequence_dims``).
 
         Raises
@@ -156,6 +164,11 @@ class LowRankEmbedding(LowRankLinear):
                     **kwargs)
         layer = layer.to(dtype=weight.dtype, device=weight.device)
         if embedding.padding_idx is not None:
+            if bool(weight[embedding.padding_idx].any()):
+                warnings.warn(
+                    f"the padding row {embedding.padding_idx} of the embedding is not zero (norm "
+                    f"{float(weight[embedding.padding_idx].norm()):.3g}); LowRankEmbedding outputs zero for padding "
+                    "tokens, so the converted layer differs from the original there", UserWarning, stacklevel=2)
             weight = weight.clone()
             weight[embedding.padding_idx] = 0
         layer.set_factor_init(svd_init(weight, layer.rank))
@@ -188,7 +201,7 @@ class LowRankEmbedding(LowRankLinear):
         of batch shape ``(P, 1)`` (vectorised particles) and tokens ``(N, L)`` give ``(P, N, L, d)``.
         """
         self.check_tokens(tokens)
-        seq = self.sequence_dims
+        seq = self.resolve_sequence_dims(tokens.dim() - 1)
         a = align_to_plates(self.A, 2, seq)
         b = align_to_plates(self.B, 2, seq)
         uniq, inverse = torch.unique(tokens, return_inverse=True)
@@ -201,5 +214,5 @@ class LowRankEmbedding(LowRankLinear):
 
     def extra_repr(self) -> str:
         extra = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
-        extra += f", sequence_dims={self.sequence_dims}" if self.sequence_dims != 1 else ""
+        extra += f", sequence_dims={self.sequence_dims}" if self.sequence_dims is not None else ""
         return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, rank={self.rank}{extra}"

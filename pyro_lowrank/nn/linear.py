@@ -138,10 +138,12 @@ class LowRankLinear(PyroModule):
         Target weight variance gain/in_features for the variance-matching init (2 = He, for ReLU).
     init_scale_factor : float
         eta: the guide's initial standard deviation is eta * s, s the factor entry scale of the init.
-    sequence_dims : int
-        Number of per-datum dimensions (time steps, token positions) between the plate dimensions and the features
+    sequence_dims : int or None
+        Number of per-datum dimensions (time steps, token positions) between the data dimension and the features
         of the inputs: 0 for inputs ``(N, n)``, 1 for ``(N, L, n)``. It only matters when the factors carry particle
-        dimensions (vectorised ELBO particles, vectorised prediction); see :func:`align_to_plates`.
+        dimensions (vectorised ELBO particles, vectorised prediction); see :func:`align_to_plates`. ``None``: infer
+        it as ``x.dim() - 2`` from every call made without vectorised particles (a guide's set-up, a training step
+        with one particle) and use the last inferred value under particles.
 
     Notes
     -----
@@ -161,12 +163,15 @@ class LowRankLinear(PyroModule):
         prior_scale: float = 1.0,
         gain: float = 2.0,
         init_scale_factor: float = 0.1,
-        sequence_dims: int = 0,
+        sequence_dims: int | None = 0,
     ) -> None:
         super().__init__()
-        if isinstance(sequence_dims, bool) or not isinstance(sequence_dims, int) or sequence_dims < 0:
-            raise ValueError(f"sequence_dims must be a non-negative integer, got {sequence_dims!r}")
+        if sequence_dims is not None and (
+            isinstance(sequence_dims, bool) or not isinstance(sequence_dims, int) or sequence_dims < 0
+        ):
+            raise ValueError(f"sequence_dims must be a non-negative integer or None (infer), got {sequence_dims!r}")
         self.sequence_dims = sequence_dims
+        self._inferred_sequence_dims: int | None = None
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")
         self.rank = check_rank(rank, out_features, in_features)
@@ -231,11 +236,43 @@ class LowRankLinear(PyroModule):
         any Pyro sample: factors of batch shape ``(P, 1)`` and ``x`` of shape ``(N, n)`` give ``(P, N, m)``.
         """
         check_last_dim(x, self.in_features, "x", f"LowRankLinear(in_features={self.in_features})")
-        seq = self.sequence_dims
+        seq = self.resolve_sequence_dims(x.dim() - 2)
         out = factor_matmul(x, align_to_plates(self.A, 2, seq), align_to_plates(self.B, 2, seq))
         if self.bias is not None:
             out = out + align_to_plates(self.bias, 1, seq)
         return out
+
+    def resolve_sequence_dims(self, per_datum_dims: int) -> int:
+        """The per-datum dimensions to line the factors up with (see ``sequence_dims``).
+
+        Parameters
+        ----------
+        per_datum_dims : int
+            What the current input implies when it carries no particle dimensions (``x.dim() - 2`` for features
+            ``(N, ..., n)``); recorded when no vectorised plate is active, where it is exact.
+
+        Returns
+        -------
+        int
+            ``sequence_dims`` when it was given, else the inferred value.
+
+        Raises
+        ------
+        ValueError
+            If ``sequence_dims=None`` and the first call is made under vectorised particles, where the input's
+            leading dimensions are ambiguous (particles or data).
+        """
+        if self.sequence_dims is not None:
+            return self.sequence_dims
+        if not any(frame.vectorized and frame.dim is not None for frame in get_plates()):
+            self._inferred_sequence_dims = max(per_datum_dims, 0)
+        elif self._inferred_sequence_dims is None:
+            raise ValueError(
+                f"{type(self).__name__} '{self._pyro_name}' has sequence_dims=None and was first called under "
+                "vectorised particles, where it cannot tell particle from data dimensions: run the model once "
+                "without particles (a guide's first call does) or pass sequence_dims explicitly"
+            )
+        return self._inferred_sequence_dims
 
     # ------------------------------------------------------------------ posterior
     def site_name(self, name: str) -> str:
@@ -260,6 +297,6 @@ class LowRankLinear(PyroModule):
         return count + (2 * self.out_features if self.bias is not None else 0)
 
     def extra_repr(self) -> str:
-        extra = f", sequence_dims={self.sequence_dims}" if self.sequence_dims else ""
+        extra = f", sequence_dims={self.sequence_dims}" if self.sequence_dims != 0 else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
                 f"bias={self.bias is not None}{extra}")

@@ -35,6 +35,7 @@ from pyro_lowrank._validation import check_last_dim, check_positive, check_posit
 from pyro_lowrank.distributions import FactorPrior
 from pyro_lowrank.guides.init import svd_init
 from pyro_lowrank.nn import linear as _linear
+from pyro_lowrank.nn.attention import check_batched_under_plates
 from pyro_lowrank.nn.linear import LowRankLinear, align_to_plates, factor_matmul, fold_constant_batch, strip_batch
 
 __all__ = ["LowRankLSTM"]
@@ -104,6 +105,8 @@ class LowRankLSTM(PyroModule):
     leading particle dimensions (vectorised ELBO particles, vectorised prediction: batch shape ``(P, 1)``) these come
     first: ``output`` ``(P, N, L, H)`` (batch-first) or ``(P, L, N, H)``, ``h_n``/``c_n`` ``(P, num_layers, N, H)``.
     Inputs that already carry them (``(P, N, L, n)``, e.g. from an earlier Bayesian layer) are accepted as well.
+    An unbatched input ``(L, n)`` works as in torch outside vectorised plates and raises ``ValueError`` inside them
+    (add a batch dimension of size 1).
     """
 
     bidirectional = False  # nn.LSTM attributes, for code that inspects them
@@ -175,6 +178,20 @@ class LowRankLSTM(PyroModule):
         ``bias_ih + bias_hh``. ``num_layers``, ``batch_first``, ``dropout``, ``bias``, the dtype and the device are
         copied from ``lstm``; ``kwargs`` go to the constructor (``prior``, ``prior_scale``, ``init_scale_factor``).
 
+        Parameters
+        ----------
+        lstm : nn.LSTM
+            The trained LSTM (unidirectional, ``proj_size=0``).
+        rank_ih, rank_hh : int or sequence of int
+            As in the constructor.
+        **kwargs
+            ``prior``, ``prior_scale``, ``init_scale_factor``.
+
+        Returns
+        -------
+        LowRankLSTM
+            At full ranks, its forward at the factor means reproduces ``lstm``.
+
         Raises
         ------
         TypeError
@@ -245,7 +262,8 @@ class LowRankLSTM(PyroModule):
         ----------
         input : Tensor
             ``(N, L, input_size)`` if ``batch_first`` else ``(L, N, input_size)``, optionally after leading particle
-            dimensions; or unbatched ``(L, input_size)``.
+            dimensions; or unbatched ``(L, input_size)``, which is rejected inside vectorised plates (particles):
+            there the output would get the particle dimension where a next layer expects N.
         hx : (Tensor, Tensor), optional
             ``(h_0, c_0)``, each ``(num_layers, N, H)`` (``(num_layers, H)`` for unbatched input); default zeros.
 
@@ -265,6 +283,8 @@ class LowRankLSTM(PyroModule):
                              f"got {tuple(input.shape)}")
         unbatched = input.dim() == 2
         if unbatched:
+            layout = "(1, L, input_size)" if self.batch_first else "(L, 1, input_size)"
+            check_batched_under_plates(input.shape, "input", owner, layout)
             x = input.unsqueeze(0)
         else:
             x = input if self.batch_first else input.transpose(-3, -2)

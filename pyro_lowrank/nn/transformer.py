@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from pyro.distributions import constraints
-from pyro.nn import PyroModule, PyroParam
+from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_lowrank._validation import check_choice, check_positive, check_positive_int, check_probability
@@ -34,6 +33,7 @@ from pyro_lowrank.distributions import FactorPrior
 from pyro_lowrank.guides.init import svd_init
 from pyro_lowrank.nn.attention import LowRankMultiheadAttention, check_multihead_attention, resolve_ranks
 from pyro_lowrank.nn.linear import LowRankLinear
+from pyro_lowrank.nn.point_estimates import to_point_estimates_
 
 __all__ = ["LowRankFeedForward", "LowRankTransformerEncoderLayer", "copy_layer_norm", "layer_norm"]
 
@@ -54,24 +54,53 @@ def _activation_name(activation: Any) -> str:
 
 
 def layer_norm(normalized_shape: int, eps: float = 1e-5, bias: bool = True) -> PyroModule:
-    """A deterministic ``PyroModule[nn.LayerNorm]`` whose affine parameters are real-valued ``PyroParam`` s.
+    r"""A deterministic LayerNorm, :math:`\mathrm{LN}(x) = \gamma \odot (x - \bar x) / \sqrt{s^2_x + \epsilon} + \beta`
+    over the last dimension, whose affine parameters :math:`\gamma, \beta` are point estimates.
 
-    They are point estimates, param sites named like ``encoder.norm1.weight``. With ``module_local_params=False``
-    they live in Pyro's global param store; with ``module_local_params=True`` (set by ``import pyro_lowrank``) they
-    are the module parameters ``weight_unconstrained``/``bias_unconstrained`` that ``ELBOModule.parameters()``
-    returns. Unlike plain ``nn.Parameter`` s of a ``PyroModule``, they also work with plain
-    :class:`~pyro.infer.SVI` in module-local mode (SVI needs the ``unconstrained`` handle of every param site).
+    Built as ``to_point_estimates_(nn.LayerNorm(...))``: a ``PyroModule[nn.LayerNorm]`` whose ``weight`` and
+    ``bias`` are real-valued ``PyroParam`` s (param sites named like ``encoder.norm1.weight``). With
+    ``module_local_params=True`` (set by ``import pyro_lowrank``) they are the module parameters
+    ``weight_unconstrained``/``bias_unconstrained`` that ``ELBOModule.parameters()`` returns, and, unlike plain
+    ``nn.Parameter`` s of a ``PyroModule``, they also work with plain :class:`~pyro.infer.SVI` (which needs the
+    ``unconstrained`` handle of every param site); with ``module_local_params=False`` they live in the param store.
+
+    Parameters
+    ----------
+    normalized_shape : int
+        d, the width normalised over.
+    eps : float
+        :math:`\epsilon`, added to the variance.
+    bias : bool
+        Whether there is an additive :math:`\beta` (as ``nn.LayerNorm(bias=...)``).
+
+    Returns
+    -------
+    PyroModule
+        The LayerNorm, initialised to :math:`\gamma = 1`, :math:`\beta = 0` on the default dtype and device.
     """
-    norm = PyroModule[nn.LayerNorm](normalized_shape, eps=eps, bias=bias)
-    for name in ("weight", "bias"):
-        value = norm._parameters.get(name)
-        if value is not None:
-            setattr(norm, name, PyroParam(value.detach().clone(), constraints.real, event_dim=1))
-    return norm
+    return cast(PyroModule, to_point_estimates_(nn.LayerNorm(normalized_shape, eps=eps, bias=bias)))
 
 
 def copy_layer_norm(target: PyroModule, source: nn.LayerNorm) -> None:
-    """Copy the affine parameters of a torch ``LayerNorm`` into one made by :func:`layer_norm`."""
+    r"""Copy the affine parameters :math:`\gamma, \beta` of a torch ``LayerNorm`` into one made by :func:`layer_norm`,
+    in place (the values are cast to the target's dtype and device).
+
+    Parameters
+    ----------
+    target : PyroModule
+        A LayerNorm built by :func:`layer_norm`.
+    source : nn.LayerNorm
+        The trained LayerNorm to copy from.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    ValueError
+        If the shapes or epsilons differ, or only one of the two has a weight (bias).
+    """
     if tuple(target.normalized_shape) != tuple(source.normalized_shape) or target.eps != source.eps:
         raise ValueError(f"LayerNorm shapes/eps differ: {tuple(target.normalized_shape)}, eps={target.eps} vs "
                          f"{tuple(source.normalized_shape)}, eps={source.eps}")
@@ -142,8 +171,32 @@ class LowRankFeedForward(PyroModule):
     def from_linears(
         cls, linear1: nn.Linear, linear2: nn.Linear, rank: int | Sequence[int], **kwargs: Any
     ) -> "LowRankFeedForward":
-        """SVD-initialised block from the two trained ``nn.Linear`` of a feed-forward network (``linear1``: d -> F,
-        ``linear2``: F -> d); dtype and device are copied, ``kwargs`` go to the constructor."""
+        r"""SVD-initialised block from the two trained ``nn.Linear`` of a feed-forward network.
+
+        Each matrix gets :math:`\mu_A = U_r \Sigma_r^{1/2}`, :math:`\mu_B = V_r \Sigma_r^{1/2}` (its best rank-r
+        approximation :math:`\mu_A \mu_B^\top`); the bias means are the linears' biases. Dtype and device are copied.
+
+        Parameters
+        ----------
+        linear1, linear2 : nn.Linear
+            ``linear1``: d -> F and ``linear2``: F -> d, both with or both without a bias.
+        rank : int or (int, int)
+            As in the constructor.
+        **kwargs
+            Further constructor arguments (``activation``, ``dropout``, ``prior``, ``prior_scale``,
+            ``init_scale_factor``).
+
+        Returns
+        -------
+        LowRankFeedForward
+
+        Raises
+        ------
+        TypeError
+            If either argument is not an ``nn.Linear``.
+        ValueError
+            For mismatched widths, a bias on only one of them, or ranks out of range.
+        """
         for name, linear in (("linear1", linear1), ("linear2", linear2)):
             if not isinstance(linear, nn.Linear):
                 raise TypeError(f"{name} must be a torch.nn.Linear, got {type(linear).__name__}")
@@ -244,6 +297,7 @@ class LowRankTransformerEncoderLayer(PyroModule):
 
     @property
     def batch_first(self) -> bool:
+        """Whether inputs are ``(N, L, d)`` (``True``) or ``(L, N, d)``; that of ``self_attn``."""
         return self.self_attn.batch_first
 
     @classmethod
@@ -253,9 +307,31 @@ class LowRankTransformerEncoderLayer(PyroModule):
         """SVD-initialised layer from a trained :class:`torch.nn.TransformerEncoderLayer`.
 
         The attention's four projections (:meth:`LowRankMultiheadAttention.set_factor_init_from`), ``linear1`` and
-        ``linear2`` get the balanced truncated SVD init; the LayerNorm parameters are copied. ``nhead``, ``dim_feedforward``, dropout,
-        activation (ReLU or exact GELU), ``layer_norm_eps``, ``norm_first``, ``batch_first``, bias, dtype and device
-        are copied; ``kwargs`` set ``prior``, ``prior_scale``, ``init_scale_factor``.
+        ``linear2`` get the balanced truncated SVD init; the LayerNorm parameters are copied. ``nhead``,
+        ``dim_feedforward``, dropout, activation (ReLU or exact GELU), ``layer_norm_eps``, ``norm_first``,
+        ``batch_first``, bias, dtype and device are copied; ``kwargs`` set ``prior``, ``prior_scale``,
+        ``init_scale_factor``.
+
+        Parameters
+        ----------
+        layer : nn.TransformerEncoderLayer
+            The trained layer (``self_attn`` without ``add_bias_kv``/``add_zero_attn``, ReLU or exact GELU).
+        rank : int or mapping
+            As in the constructor.
+        **kwargs
+            ``prior``, ``prior_scale``, ``init_scale_factor``.
+
+        Returns
+        -------
+        LowRankTransformerEncoderLayer
+            Its forward at the factor means reproduces ``layer`` exactly at full rank.
+
+        Raises
+        ------
+        TypeError
+            If ``layer`` or its ``self_attn`` has the wrong type.
+        ValueError
+            For unsupported settings (differing LayerNorm epsilons, other activations) or ranks out of range.
         """
         if not isinstance(layer, nn.TransformerEncoderLayer):
             raise TypeError(f"layer must be a torch.nn.TransformerEncoderLayer, got {type(layer).__name__}")

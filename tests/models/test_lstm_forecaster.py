@@ -13,9 +13,10 @@ from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
 import pyro_lowrank  # noqa: F401  (module-local params)
-from pyro_lowrank.guides import FactorGuide
+from pyro_lowrank.guides import FactorGuide, factor_initial_values
 from pyro_lowrank.inference.fit import fit
-from pyro_lowrank.models.lstm_forecaster import LowRankLSTMForecaster
+from pyro_lowrank.models.lstm_forecaster import ForecastGaussianLikelihood, LowRankLSTMForecaster
+from pyro_lowrank.models.supervised import SupervisedModel
 from pyro_lowrank.predictive import predict
 
 
@@ -76,9 +77,9 @@ def test_shapes_sites_and_likelihood(horizon):
     trace = poutine.trace(model).get_trace(x, y, num_data=100)
     per_datum = (10,) if horizon == 1 else (10, horizon)
     assert trace.nodes["_RETURN"]["value"].shape == per_datum
-    expected = {f"lstm.{kind}.{l}.{s}" for l in range(2) for kind, sites in
+    expected = {f"network.lstm.{kind}.{l}.{s}" for l in range(2) for kind, sites in
                 (("ih", ("A", "B", "bias")), ("hh", ("A", "B"))) for s in sites}
-    expected |= {"head.A", "head.B", "head.bias"}
+    expected |= {"network.head.A", "network.head.B", "network.head.bias"}
     assert latent_sites(trace) == expected and len(expected) == 13
     samples = {name for name, site in trace.nodes.items() if site["type"] == "sample" and not site_is_subsample(site)}
     assert samples == expected | {"f", "obs"}  # f is pyro.deterministic, obs the likelihood
@@ -87,7 +88,7 @@ def test_shapes_sites_and_likelihood(horizon):
     assert obs["is_observed"] and obs["fn"].event_dim == (0 if horizon == 1 else 1)
     assert obs["scale"] == pytest.approx(10.0)  # minibatch of 10 from 100
     assert trace.nodes["f"]["value"].shape == per_datum
-    assert trace.nodes["head.A"]["value"].shape == (horizon, 1)
+    assert trace.nodes["network.head.A"]["value"].shape == (horizon, 1)
     # vectorised prediction puts the draws first
     guide = FactorGuide(model)
     guide(x, y)  # set up with y observed, so obs is not a latent of the guide
@@ -145,3 +146,53 @@ def test_bad_inputs_name_the_argument():
     guide = FactorGuide(one_step)
     with pytest.raises(ValueError, match=r"y must have shape \(5,\)"):  # fit runs check_data first
         fit(one_step, guide, (x, torch.randn(5, 2)), num_epochs=1, progress=False)
+
+
+def test_is_a_supervised_model_with_the_forecast_likelihood():
+    model = LowRankLSTMForecaster(2, hidden_size=4, num_layers=1, rank_ih=1, rank_hh=1, horizon=2, head_rank=1)
+    assert isinstance(model, SupervisedModel) and isinstance(model.likelihood, ForecastGaussianLikelihood)
+    assert model.lstm is model.network.lstm and model.head is model.network.head
+    assert model.lstm.batch_first and model.network(torch.randn(3, 5, 2)).shape == (3, 2)
+
+
+def test_fit_with_validation_data_and_two_vectorised_particles(one_thread):
+    x, y = sine_windows(48, length=6, horizon=2, seed=2)
+    x_val, y_val = sine_windows(16, length=6, horizon=2, seed=3)
+    pyro.set_rng_seed(0)
+    model = LowRankLSTMForecaster(1, hidden_size=4, num_layers=1, rank_ih=1, rank_hh=1, horizon=2, head_rank=1)
+    guide = FactorGuide(model)
+    result = fit(model, guide, (x, y), val_data=(x_val, y_val), num_particles=2, num_epochs=3, batch_size=16,
+                 lr=0.01, val_num_samples=4, progress=False, seed=0)
+    assert result.epochs_run == 3 and len(result.train_loss) == len(result.val_nll) == 3
+    assert all(math.isfinite(v) for v in result.train_loss + result.val_nll)
+    assert result.best_val_nll == min(result.val_nll)
+    with pytest.raises(ValueError, match=r"y must have shape \(16, 2\)"):  # val_data goes through check_data too
+        fit(model, guide, (x, y), val_data=(x_val, y_val[:, 0]), num_epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("horizon", [1, 2])
+def test_float64_forward_matches_a_hand_computation(horizon):
+    """In float64, f at the factor means is the head applied to the LSTM's last hidden state (torch LSTM cell)."""
+    torch.manual_seed(0)
+    model = LowRankLSTMForecaster(2, hidden_size=3, num_layers=1, rank_ih=2, rank_hh=2, horizon=horizon,
+                                  head_rank=1).to(torch.float64)
+    x = torch.randn(4, 5, 2, dtype=torch.float64)
+    y = torch.randn((4,) if horizon == 1 else (4, horizon), dtype=torch.float64)
+    values = factor_initial_values(model)
+    trace = poutine.trace(poutine.condition(model, data=values)).get_trace(x, y)
+    f = trace.nodes["_RETURN"]["value"]
+    assert f.shape == y.shape
+    assert f.dtype == trace.nodes["obs"]["fn"].mean.dtype == torch.float64
+    w_ih = values["network.lstm.ih.0.A"] @ values["network.lstm.ih.0.B"].T
+    w_hh = values["network.lstm.hh.0.A"] @ values["network.lstm.hh.0.B"].T
+    h = c = torch.zeros(4, 3, dtype=torch.float64)
+    for t in range(5):
+        i, g_f, g, o = (x[:, t] @ w_ih.T + h @ w_hh.T + values["network.lstm.ih.0.bias"]).chunk(4, dim=-1)
+        c = torch.sigmoid(g_f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+    expected = h @ (values["network.head.A"] @ values["network.head.B"].T).T + values["network.head.bias"]
+    expected = expected.reshape(y.shape)
+    torch.testing.assert_close(f, expected, rtol=1e-12, atol=1e-12)
+    trace.compute_log_prob()
+    manual = torch.distributions.Normal(expected, model.noise_scale.detach()).log_prob(y).sum()
+    torch.testing.assert_close(trace.nodes["obs"]["log_prob_sum"], manual, rtol=1e-12, atol=1e-12)

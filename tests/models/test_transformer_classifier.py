@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pytest
 import torch
@@ -10,7 +12,7 @@ from toy_data import keyword_sequences
 
 from pyro_lowrank.guides import FactorGuide, factor_initial_values
 from pyro_lowrank.inference import fit
-from pyro_lowrank.models import LowRankTransformerClassifier
+from pyro_lowrank.models.transformer import LowRankTransformerClassifier
 from pyro_lowrank.predictive import predict
 
 SMALL = {"d_model": 16, "num_layers": 2, "num_heads": 2, "dim_feedforward": 32, "max_len": 12, "rank": 4,
@@ -63,12 +65,20 @@ def test_learns_a_keyword_task_and_predicts_with_vectorised_draws():
 
 def test_bad_tokens_are_rejected():
     model = LowRankTransformerClassifier(40, 2, **SMALL)
-    with pytest.raises(ValueError, match=r"integer tensor of shape \(N, L\)"):
+    # dtype and id range: the embedding's own validation (LowRankEmbedding.check_tokens)
+    with pytest.raises(TypeError, match=r"tokens must have an integer dtype"):
         model.check_data(torch.rand(3, 4), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[0, 40\).*\[1, 40\]"):
+        model.check_data(torch.tensor([[1, 40]]), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[0, 40\).*\[-1, 3\]"):
+        model.network(torch.tensor([[1, -1, 3]]))
+    # shape and length: the encoder's
+    with pytest.raises(ValueError, match=r"tokens must have shape \(N, L\), got shape \(4,\)"):
+        model.check_data(torch.ones(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"length L in \[1, max_len=12\], got 13"):
         model.check_data(torch.ones(3, 13, dtype=torch.long), torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"vocab_size=40\), got range \[1, 40\]"):
-        model.check_data(torch.tensor([[1, 40]]), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"length L in \[1, max_len=12\], got 13"):
+        model(torch.ones(3, 13, dtype=torch.long))
     with pytest.raises(ValueError, match=r"labels in \[0, 2\)"):
         model.check_data(torch.ones(2, 3, dtype=torch.long), torch.tensor([0, 2]))
     with pytest.raises(ValueError, match=r"padding_idx must lie in \[0, vocab_size\)"):
@@ -89,3 +99,41 @@ def test_plain_pyro_svi_updates_the_point_estimated_tables():
     for _ in range(3):
         svi.step(x, y)
     assert not torch.allclose(model.network.position.detach(), before)
+
+
+def test_fit_with_validation_data_and_two_vectorised_particles():
+    pyro.set_rng_seed(0)
+    x, y = keyword_sequences(48, length=6, seed=2)
+    x_val, y_val = keyword_sequences(16, length=6, seed=3)
+    tiny = {**SMALL, "d_model": 8, "num_layers": 1, "dim_feedforward": 8, "rank": 2}
+    model = LowRankTransformerClassifier(40, 2, **tiny)
+    guide = FactorGuide(model)
+    result = fit(model, guide, (x, y), val_data=(x_val, y_val), num_particles=2, num_epochs=3, batch_size=16,
+                 lr=0.01, val_num_samples=4, progress=False, seed=0)
+    assert result.epochs_run == 3 and len(result.train_loss) == len(result.val_nll) == 3
+    assert all(math.isfinite(v) for v in result.train_loss + result.val_nll)
+    assert result.best_val_nll == min(result.val_nll)
+    with pytest.raises(ValueError, match=r"length L in \[1, max_len=12\], got 13"):  # val_data is checked too
+        fit(model, guide, (x, y), val_data=(torch.ones(4, 13, dtype=torch.long), y_val[:4]), num_epochs=1,
+            progress=False)
+
+
+def test_float64_forward_agrees_with_float32_and_scores_the_logits():
+    """The same network in float64 and float32 (same factor means) agrees to float32 precision; every output and
+    the categorical log-likelihood are float64."""
+    x, y = keyword_sequences(5, length=7, seed=4)
+    models = {}
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(0)
+        models[dtype] = LowRankTransformerClassifier(40, 3, **SMALL).to(dtype).eval()
+    traces = {dtype: poutine.trace(poutine.condition(model, data=factor_initial_values(model))).get_trace(x, y)
+              for dtype, model in models.items()}
+    f64, f32 = (traces[dtype].nodes["_RETURN"]["value"] for dtype in (torch.float64, torch.float32))
+    assert f64.dtype == torch.float64 and f64.shape == (5, 3) and f32.dtype == torch.float32
+    torch.testing.assert_close(f64, f32.double(), rtol=1e-4, atol=1e-5)
+    assert f64.std() > 1e-3  # not a degenerate (constant) output
+    trace = traces[torch.float64]
+    trace.compute_log_prob()
+    expected = f64.log_softmax(-1).gather(-1, y[:, None]).sum()
+    assert trace.nodes["obs"]["log_prob_sum"].dtype == torch.float64
+    torch.testing.assert_close(trace.nodes["obs"]["log_prob_sum"], expected, rtol=1e-12, atol=1e-12)

@@ -150,6 +150,25 @@ def test_unbatched_input_matches_torch(need_weights, average):
     assert_same(result, expected)
 
 
+def test_unbatched_input_under_vectorised_particles_is_rejected():
+    """Under a particle plate an unbatched query would give (P, L, E), which a next layer reads as P sequences; it
+    is an error that asks for a batch dimension, while a batch of one gives (P, 1, L, E) with per-particle factors."""
+    layer = LowRankMultiheadAttention(E, H, 2, batch_first=True).double()
+    q, k, v = (t[0] for t in inputs())
+    with pyro.plate("particles", 3, dim=-2):
+        with pytest.raises(ValueError, match=r"unbatched query of shape \(5, 8\) inside the vectorised plate\(s\) "
+                                             r"\['particles'\].*Add a batch dimension.*\(1, L, E\)"):
+            layer(q, k, v)
+        trace = poutine.trace(layer).get_trace(q[None], k[None], v[None], need_weights=False)
+    out = trace.nodes["_RETURN"]["value"][0]
+    assert out.shape == (3, 1, L, E)
+    values = {name: site["value"] for name, site in trace.nodes.items() if site["type"] == "sample"}
+    for p in range(3):
+        expected = manual_attention(layer, particle(values, p), q[None], k[None], v[None], need_weights=False)
+        torch.testing.assert_close(out[p], expected[0], **TOL)
+    assert layer(q, k, v)[0].shape == (L, E)  # outside the plate: torch's unbatched semantics
+
+
 # ---------------------------------------------------------------------------------------------- torch containers
 @pytest.mark.parametrize("train", [False, True])
 @pytest.mark.parametrize("norm_first", [False, True])

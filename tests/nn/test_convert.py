@@ -156,6 +156,32 @@ def test_include_exclude_and_original_untouched():
         assert torch.equal(value, before[key])
 
 
+def test_selecting_a_container_selects_its_subtree():
+    net = nn.Sequential(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4)), nn.Linear(4, 2))
+    kept = lowrankify(net, rank=1, exclude="0")
+    assert isinstance(kept[0][0], nn.Linear) and not isinstance(kept[0][0], LowRankLinear)
+    assert isinstance(kept[1], LowRankLinear)
+    only = lowrankify(net, rank=1, include="0")
+    assert isinstance(only[0][0], LowRankLinear) and isinstance(only[0][2], LowRankLinear)
+    assert not isinstance(only[1], LowRankLinear)
+
+
+def test_train_and_eval_mode_and_frozen_parameters_survive_conversion():
+    net = SequenceNet().eval()
+    net.norm.weight.requires_grad_(False)
+    bnn = lowrankify(net, rank=2)
+    assert not any(m.training for m in bnn.modules())
+    assert not bnn.norm.weight_unconstrained.requires_grad and bnn.norm.bias_unconstrained.requires_grad
+    assert all(m.training for m in lowrankify(SequenceNet().train(), rank=2).modules())
+
+
+def test_tied_deterministic_parameters_stay_tied():
+    net = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.LayerNorm(4))
+    net[2].weight = net[1].weight  # tied
+    bnn = lowrankify(net, rank=2)
+    assert bnn[1].weight_unconstrained is bnn[2].weight_unconstrained
+
+
 def test_rank_by_mapping_callable_and_fraction():
     net = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 4))
     by_name = lowrankify(net, rank={"0": 5, "2": 1})
@@ -234,10 +260,17 @@ def test_errors_name_the_module_and_what_is_supported():
     assert isinstance(bnn[2], LowRankLinear) and isinstance(bnn[0], nn.Conv2d)
     with pytest.raises(TypeError, match=r"the module itself of type .*GRU"):
         lowrankify(nn.GRU(3, 4), rank=1)
-    with pytest.raises(TypeError, match=r"bidirectional=False"):
+    with pytest.raises(ValueError, match=r"bidirectional=False"):
         lowrankify(nn.Sequential(nn.LSTM(3, 4, bidirectional=True)), rank=1)
-    with pytest.raises(TypeError, match=r"add_bias_kv"):
+    with pytest.raises(ValueError, match=r"add_bias_kv"):
         lowrankify(nn.MultiheadAttention(4, 2, add_bias_kv=True), rank=1)
+    for init in ("svd", "random"):  # the same checks whatever the initialisation
+        with pytest.raises(ValueError, match=r"max_norm, sparse or scale_grad_by_freq.*max_norm=1.0"):
+            lowrankify(nn.Embedding(10, 4, max_norm=1.0), rank=2, init=init)
+    # a module the rank mapping or callable does not select is left alone, even of an unsupported type
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2), nn.LSTM(2, 2, bidirectional=True))
+    bnn = lowrankify(net, rank={"2": 1})
+    assert isinstance(bnn[2], LowRankLinear) and isinstance(bnn[0], nn.Conv2d) and isinstance(bnn[3], nn.LSTM)
     with pytest.raises(ValueError, match=r"found nothing to convert.*supported types"):
         lowrankify(nn.Sequential(nn.ReLU(), nn.LayerNorm(3)), rank=1)
     with pytest.raises(ValueError, match=r"found nothing to convert"):
@@ -293,17 +326,18 @@ def test_vectorised_prediction_through_a_converted_sequence_model():
     """Vectorised draws: the factors carry a particle dimension; token-level layers need sequence_dims=1 while the
     head after pooling sees (N, d)."""
     torch.manual_seed(7)
-    model = SupervisedModel(lowrankify(SequenceNet(), rank=2, sequence_dims={"embed": 1}), num_classes=3)
+    model = SupervisedModel(lowrankify(SequenceNet(), rank=2), num_classes=3)  # sequence_dims inferred
     guide = FactorGuide(model)
     t = tokens()
     guide(t, torch.zeros(5, dtype=torch.long))  # set up with observations, so that obs is not a latent
     draws = predict(model, guide, t, num_samples=6)["f"]
     assert draws.shape == (6, 5, 3) and not torch.allclose(draws[0], draws[1])
+    assert model.network.embed._inferred_sequence_dims == 1 and model.network.head._inferred_sequence_dims == 0
     # each particle of a vectorised run equals the network run alone under that particle's factors
-    with pyro.plate("particles", 4, dim=-2):
+    with pyro.plate("particles", 5, dim=-2):  # as many draws as data points: a misalignment would go unnoticed
         guide_trace = poutine.trace(guide).get_trace(t)
         out = poutine.replay(model.network, trace=guide_trace)(t)
-    assert out.shape == (4, 5, 3)
-    for p in range(4):
+    assert out.shape == (5, 5, 3)
+    for p in range(5):
         data = {name: site["value"][p, 0] for name, site in guide_trace.nodes.items() if site["type"] == "sample"}
         torch.testing.assert_close(out[p], poutine.condition(model.network, data=data)(t), rtol=1e-5, atol=1e-5)

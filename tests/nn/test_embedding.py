@@ -95,7 +95,7 @@ def test_gradient_is_sparse_over_rows_and_zero_for_padding():
 @pytest.mark.parametrize("num_particles", [1, 4])
 def test_particle_dimensions(num_particles):
     torch.manual_seed(0)
-    layer = LowRankEmbedding(30, 5, 2, padding_idx=0)
+    layer = LowRankEmbedding(30, 5, 2, padding_idx=0, sequence_dims=1)
     tokens = torch.randint(0, 30, (6, 7))
     tokens[0, 0] = 0
     with pyro.plate("particles", num_particles, dim=-2):  # the data plate (dim -1) is entered after the network
@@ -108,6 +108,24 @@ def test_particle_dimensions(num_particles):
         torch.testing.assert_close(out[p], expected)
     if num_particles > 1:
         assert not torch.allclose(out[0], out[1])
+
+
+@pytest.mark.parametrize("shape", [(6,), (6, 7), (6, 2, 7)])
+def test_sequence_dims_inferred_from_a_call_without_particles(shape):
+    """With sequence_dims=None the layer records tokens.dim() - 1 from an unvectorised call and lines its particle
+    factors up with it; the draws-equal-batch-size case (P == N) is then right, not silently mixed."""
+    torch.manual_seed(0)
+    layer = LowRankEmbedding(30, 5, 2)
+    tokens = torch.randint(0, 30, shape)
+    with pytest.raises(ValueError, match=r"sequence_dims=None and was first called under vectorised particles"):
+        with pyro.plate("particles", 6, dim=-2):
+            trace_layer(layer, tokens)
+    layer(tokens)  # no particles: records len(shape) - 1
+    with pyro.plate("particles", 6, dim=-2):  # P == N
+        values, out = trace_layer(layer, tokens)
+    assert out.shape == (6,) + shape + (5,)
+    for p in range(6):
+        torch.testing.assert_close(out[p], (values["A"][p, 0] @ values["B"][p, 0].T)[tokens])
 
 
 def test_particle_dimensions_without_sequence_dims():
@@ -223,3 +241,12 @@ def test_guide_count_sites_and_weight_posterior():
     torch.testing.assert_close(q.mean, layer.a_init @ layer.b_init.T)
     trace = poutine.trace(layer).get_trace(tokens)
     assert {name for name, site in trace.nodes.items() if site["type"] == "sample"} == {"A", "B"}
+
+
+def test_a_non_zero_padding_row_is_reported():
+    emb = nn.Embedding(10, 4, padding_idx=0)
+    with torch.no_grad():
+        emb.weight[0] = 0.5
+    with pytest.warns(UserWarning, match=r"padding row 0 of the embedding is not zero \(norm 1\)"):
+        layer = LowRankEmbedding.from_embedding(emb, 4)
+    assert torch.equal(layer(torch.tensor([[0, 0]])).detach(), torch.zeros(1, 2, 4))  # padding outputs are zero

@@ -199,19 +199,31 @@ def test_particle_dimensions_match_per_particle_lstms(batch_first):
     assert not torch.allclose(out1[0], out1[1])
 
 
-def test_particle_dimensions_unbatched_input_and_given_state():
+def test_particle_dimensions_given_state_and_unbatched_input_is_rejected():
+    """A batch of one with a given state under particles matches per-particle LSTMs; an unbatched (L, n) input there
+    would give (P, L, H), which a stacked layer reads as P sequences, so it is an error asking for a batch dim."""
     torch.manual_seed(6)
-    model = LowRankLSTM(3, 5, num_layers=2, rank_ih=2, rank_hh=2).to(D64)
+    model = LowRankLSTM(3, 5, num_layers=2, rank_ih=2, rank_hh=2, batch_first=True).to(D64)
     x = torch.randn(7, 3, dtype=D64)
-    h0, c0 = torch.randn(2, 5, dtype=D64), torch.randn(2, 5, dtype=D64)
+    h0, c0 = torch.randn(2, 1, 5, dtype=D64), torch.randn(2, 1, 5, dtype=D64)
     with pyro.plate("particles", 4, dim=-2):
-        trace = poutine.trace(model).get_trace(x, (h0, c0))
+        with pytest.raises(ValueError, match=r"unbatched input of shape \(7, 3\) inside the vectorised plate\(s\) "
+                                             r"\['particles'\].*Add a batch dimension.*\(1, L, input_size\)"):
+            model(x)
+        trace = poutine.trace(model).get_trace(x[None], (h0, c0))
     output, (h_n, c_n) = trace.nodes["_RETURN"]["value"]
-    assert output.shape == (4, 7, 5) and h_n.shape == c_n.shape == (4, 2, 5)
+    assert output.shape == (4, 1, 7, 5) and h_n.shape == c_n.shape == (4, 2, 1, 5)
     for p in range(4):
-        ref, h_ref, _ = manual_lstm(x[None], weights_from(sample_values(trace), "", 2, p), h0[:, None], c0[:, None])
-        torch.testing.assert_close(output[p], ref[0], rtol=0, atol=1e-10)
-        torch.testing.assert_close(h_n[p], h_ref[:, 0], rtol=0, atol=1e-10)
+        ref, h_ref, c_ref = manual_lstm(x[None], weights_from(sample_values(trace), "", 2, p), h0, c0)
+        torch.testing.assert_close(output[p], ref, rtol=0, atol=1e-10)
+        torch.testing.assert_close(h_n[p], h_ref, rtol=0, atol=1e-10)
+        torch.testing.assert_close(c_n[p], c_ref, rtol=0, atol=1e-10)
+    # outside vectorised plates unbatched inputs keep torch's semantics (exactness: test_full_rank_from_lstm_...)
+    output, (h_n, _) = model(x, (h0[:, 0], c0[:, 0]))
+    assert output.shape == (7, 5) and h_n.shape == (2, 5)
+    sequence_first = LowRankLSTM(3, 5, rank_ih=2, rank_hh=2)
+    with pyro.plate("particles", 2, dim=-2), pytest.raises(ValueError, match=r"\(L, 1, input_size\)"):
+        sequence_first(x.float())
 
 
 # ---------------------------------------------------------------------------------------------- initialisation

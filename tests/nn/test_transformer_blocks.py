@@ -15,7 +15,7 @@ from pyro.optim import Adam
 from torch import nn
 
 from pyro_lowrank.guides import FactorGuide, factor_initial_values
-from pyro_lowrank.nn.transformer import LowRankFeedForward, LowRankTransformerEncoderLayer
+from pyro_lowrank.nn.transformer import LowRankFeedForward, LowRankTransformerEncoderLayer, copy_layer_norm, layer_norm
 
 D, HEADS, FF, N, L = 8, 2, 12, 3, 5
 TOL = {"rtol": 1e-10, "atol": 1e-10}
@@ -154,6 +154,39 @@ def test_particle_dimensions_through_a_two_layer_stack(num_particles):
         torch.testing.assert_close(out[p], h, **TOL)
     if num_particles > 1:
         assert not torch.allclose(out[0], out[1])
+
+
+def test_unbatched_input_works_alone_and_is_rejected_under_particles():
+    torch.manual_seed(0)
+    layer = LowRankTransformerEncoderLayer(D, HEADS, FF, rank=2, dropout=0.0).double()
+    x = torch.randn(L, D, dtype=torch.float64)
+    at_means = conditioned(layer)
+    out = at_means(x)
+    assert out.shape == (L, D)
+    torch.testing.assert_close(out, at_means(x[None])[0], **TOL)
+    with pyro.plate("particles", 3, dim=-2):
+        with pytest.raises(ValueError, match=r"unbatched query .*Add a batch dimension"):
+            layer(x)
+        assert layer(x[None]).shape == (3, 1, L, D)
+
+
+def test_layer_norm_is_a_point_estimated_torch_layer_norm():
+    norm = layer_norm(D, eps=1e-3, bias=False)
+    assert isinstance(norm, PyroModule) and isinstance(norm, nn.LayerNorm)
+    assert norm.bias is None and set(dict(norm.named_parameters())) == {"weight_unconstrained"}
+    torch.testing.assert_close(norm.weight, torch.ones(D))
+    torch.manual_seed(1)
+    reference = nn.LayerNorm(D, eps=1e-3, bias=False).double()
+    with torch.no_grad():
+        reference.weight.add_(0.3 * torch.randn(D, dtype=torch.float64))
+    norm = norm.double()
+    copy_layer_norm(norm, reference)
+    x = torch.randn(N, L, D, dtype=torch.float64)
+    torch.testing.assert_close(norm(x), reference(x), **TOL)
+    with pytest.raises(ValueError, match="LayerNorm bias: one of the two norms has it"):
+        copy_layer_norm(norm, nn.LayerNorm(D, eps=1e-3))
+    with pytest.raises(ValueError, match=r"LayerNorm shapes/eps differ: \(8,\), eps=0.001 vs \(8,\), eps=1e-05"):
+        copy_layer_norm(norm, nn.LayerNorm(D))
 
 
 # ---------------------------------------------------------------------------------------------- inference
@@ -297,7 +330,7 @@ def test_from_transformer_encoder_layer_rejects_unsupported_layers():
 def test_embedding_and_layer_follow_the_module_device_and_dtype(device, dtype):
     from pyro_lowrank.nn.embedding import LowRankEmbedding
 
-    embedding = LowRankEmbedding(20, D, 3, padding_idx=0).to(device=device, dtype=dtype)
+    embedding = LowRankEmbedding(20, D, 3, padding_idx=0, sequence_dims=1).to(device=device, dtype=dtype)
     layer = LowRankTransformerEncoderLayer(D, HEADS, FF, rank=3, dropout=0.0).to(device=device, dtype=dtype)
     tokens = torch.randint(0, 20, (N, L), device=device)
     with pyro.plate("particles", 2, dim=-2):
