@@ -341,3 +341,18 @@ def test_vectorised_prediction_through_a_converted_sequence_model():
     for p in range(5):
         data = {name: site["value"][p, 0] for name, site in guide_trace.nodes.items() if site["type"] == "sample"}
         torch.testing.assert_close(out[p], poutine.condition(model.network, data=data)(t), rtol=1e-5, atol=1e-5)
+
+
+def test_converted_sequence_model_under_autonormal_and_vectorised_particles():
+    """The plain-Pyro route on a converted Embedding + LSTM + attention + LayerNorm network: AutoNormal started at the
+    factor inits, SVI with vectorised ELBO particles."""
+    pyro.set_rng_seed(9)
+    model = SupervisedModel(lowrankify(SequenceNet(), rank=2), num_classes=3)
+    guide = AutoNormal(model, init_loc_fn=init_to_factors(model), init_scale=0.01)
+    t, y = tokens(16), torch.randint(0, 3, (16,))
+    elbo = Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+    losses = [svi.step(t, y) for _ in range(30)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) < sum(losses[:5])
+    torch.testing.assert_close(guide.locs.network.head.B.detach().shape, torch.Size([12, 2]))
