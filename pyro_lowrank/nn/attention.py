@@ -26,18 +26,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pyro.nn import PyroModule
-from pyro.poutine.runtime import get_plates
 from torch import nn
 
 from pyro_lowrank._validation import check_last_dim, check_positive, check_positive_int, check_probability, check_rank
 from pyro_lowrank.distributions import FactorPrior
 from pyro_lowrank.guides.init import svd_init
-from pyro_lowrank.nn.linear import LowRankLinear
+from pyro_lowrank.nn.linear import LowRankLinear, check_batched_under_plates
 
 __all__ = [
     "LowRankMultiheadAttention",
     "additive_mask",
-    "check_batched_under_plates",
     "check_multihead_attention",
     "resolve_ranks",
 ]
@@ -141,43 +139,6 @@ def check_multihead_attention(mha: object) -> None:
         raise ValueError("LowRankMultiheadAttention supports only add_bias_kv=False, got add_bias_kv=True")
     if mha.add_zero_attn:
         raise ValueError("LowRankMultiheadAttention supports only add_zero_attn=False, got add_zero_attn=True")
-
-
-def check_batched_under_plates(shape: torch.Size | tuple[int, ...], name: str, owner: str, batched: str) -> None:
-    """Reject an unbatched (2-D) input while vectorised plates are active.
-
-    Under vectorised particles (``pyro.plate("particles", P, dim=-2)`` from ``Trace_ELBO(vectorize_particles=True)``
-    or :func:`~pyro_lowrank.predictive.predict`) the factors have batch shape ``(P, 1)``, so a sequence layer given
-    an unbatched ``(L, n)`` input returns ``(P, L, H)``, which the next sequence layer would read as a batch of P
-    sequences (giving ``(P, P, L, H)``). Outside vectorised plates unbatched inputs are accepted, as in torch.
-
-    Parameters
-    ----------
-    shape : torch.Size or tuple of int
-        Shape of the unbatched input.
-    name : str
-        The argument named in the error (``"input"``, ``"query"``).
-    owner : str
-        The module named in the error.
-    batched : str
-        The batched layout to suggest, e.g. ``"(1, L, input_size)"``.
-
-    Returns
-    -------
-    None
-
-    Raises
-    ------
-    ValueError
-        If any vectorised plate (a plate frame with a ``dim``) is active.
-    """
-    plates = [frame.name for frame in get_plates() if frame.vectorized]
-    if plates:
-        raise ValueError(
-            f"{owner} got an unbatched {name} of shape {tuple(shape)} inside the vectorised plate(s) {plates}: "
-            f"its output would carry the plate dimension where a following sequence layer expects the batch "
-            f"dimension N. Add a batch dimension of size 1, i.e. pass {name} of shape {batched}"
-        )
 
 
 class LowRankMultiheadAttention(PyroModule):

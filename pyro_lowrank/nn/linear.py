@@ -21,7 +21,8 @@ from pyro_lowrank.distributions import FactorPrior, GaussianPrior, LowRankMatrix
 from pyro_lowrank.guides.init import FactorInit, svd_init, variance_matching_init
 
 __all__ = [
-    "LowRankLinear", "align_to_plates", "factor_matmul", "factored_is_cheaper", "fold_constant_batch", "strip_batch",
+    "LowRankLinear", "align_to_plates", "check_batched_under_plates", "factor_matmul", "factored_is_cheaper",
+    "fold_constant_batch", "strip_batch",
 ]
 
 
@@ -51,6 +52,43 @@ def align_to_plates(value: torch.Tensor, event_dim: int, sequence_dims: int = 0)
     if sequence_dims and batch_dim > 0:
         value = value.reshape(value.shape[:batch_dim] + (1,) * sequence_dims + value.shape[batch_dim:])
     return value
+
+
+def check_batched_under_plates(shape: torch.Size | tuple[int, ...], name: str, owner: str, batched: str) -> None:
+    """Reject an unbatched (2-D) input while vectorised plates are active.
+
+    Under vectorised particles (``pyro.plate("particles", P, dim=-2)`` from ``Trace_ELBO(vectorize_particles=True)``
+    or :func:`~pyro_lowrank.predictive.predict`) the factors have batch shape ``(P, 1)``, so a sequence layer given
+    an unbatched ``(L, n)`` input returns ``(P, L, H)``, which the next sequence layer would read as a batch of P
+    sequences (giving ``(P, P, L, H)``). Outside vectorised plates unbatched inputs are accepted, as in torch.
+
+    Parameters
+    ----------
+    shape : torch.Size or tuple of int
+        Shape of the unbatched input.
+    name : str
+        The argument named in the error (``"input"``, ``"query"``).
+    owner : str
+        The module named in the error.
+    batched : str
+        The batched layout to suggest, e.g. ``"(1, L, input_size)"``.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    ValueError
+        If any vectorised plate (a plate frame with a ``dim``) is active.
+    """
+    plates = [frame.name for frame in get_plates() if frame.vectorized]
+    if plates:
+        raise ValueError(
+            f"{owner} got an unbatched {name} of shape {tuple(shape)} inside the vectorised plate(s) {plates}: "
+            f"its output would carry the plate dimension where a following sequence layer expects the batch "
+            f"dimension N. Add a batch dimension of size 1, i.e. pass {name} of shape {batched}"
+        )
 
 
 def fold_constant_batch(x: torch.Tensor, weight_batch: torch.Size | tuple[int, ...]) -> tuple[torch.Tensor, tuple, int, int]:

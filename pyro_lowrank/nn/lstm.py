@@ -35,8 +35,14 @@ from pyro_lowrank._validation import check_last_dim, check_positive, check_posit
 from pyro_lowrank.distributions import FactorPrior
 from pyro_lowrank.guides.init import svd_init
 from pyro_lowrank.nn import linear as _linear
-from pyro_lowrank.nn.attention import check_batched_under_plates
-from pyro_lowrank.nn.linear import LowRankLinear, align_to_plates, factor_matmul, fold_constant_batch, strip_batch
+from pyro_lowrank.nn.linear import (
+    LowRankLinear,
+    align_to_plates,
+    check_batched_under_plates,
+    factor_matmul,
+    fold_constant_batch,
+    strip_batch,
+)
 
 __all__ = ["LowRankLSTM"]
 
