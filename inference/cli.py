@@ -27,11 +27,63 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--format", choices=["table", "markdown", "json"], default="table")
     compare.add_argument("--out", default=None, help="also write the formatted results to this file")
     compare.add_argument("--quiet", action="store_true", help="no progress bars")
+    experiment = sub.add_parser(
+        "experiment", help="a paper experiment with every compared method: heart (population shift) or uci "
+                           "(regression benchmark); writes results.json, results.md and figures")
+    experiment.add_argument("name", choices=["heart", "uci"], help="which experiment")
+    experiment.add_argument("--smoke", action="store_true",
+                            help="tiny run: 1 seed, 2 epochs, 8 draws, 2 UCI splits of the first 2 datasets "
+                                 "(explicit options still win)")
+    experiment.add_argument("--seeds", type=int, nargs="+", default=None,
+                            help="training seeds (default: heart 0 1 2 3 4, uci 0)")
+    experiment.add_argument("--methods", default=None, help="comma-separated method names (default: all ten)")
+    experiment.add_argument("--epochs", type=int, default=None,
+                            help="training epochs of every method (default: heart 256, uci the published n_epochs)")
+    experiment.add_argument("--num-samples", type=int, default=None,
+                            help="predictive draws per evaluation set (default: heart 512, uci 100)")
+    experiment.add_argument("--datasets", default=None, help="uci: comma-separated dataset names (default: all)")
+    experiment.add_argument("--splits", type=int, default=None, help="uci: use the first K splits (default: all)")
+    experiment.add_argument("--root", default=None,
+                            help="data root (default: $PYRO_LOWRANK_DATA, else the user cache folder)")
+    experiment.add_argument("--out", default=None, help="output folder (default: experiment-<name>)")
+    experiment.add_argument("--device", default="cpu", help="torch device for data and networks (default: cpu)")
+    experiment.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
+def _experiment_kwargs(args: argparse.Namespace) -> dict:
+    """Runner keyword arguments from the parsed ``experiment`` options (``--smoke`` fills the unset ones);
+    raises ``ValueError`` for invalid values before anything runs."""
+    from pyro_lowrank._validation import check_positive_int
+
+    from .experiments.heart import DEFAULT_METHODS, HEART_DEFAULTS
+    from .experiments.runner import check_seeds, resolve_methods
+    from .experiments.uci import UCI_DEFAULTS, resolve_datasets
+
+    smoke = args.smoke
+    seeds = args.seeds if args.seeds is not None else (
+        [0] if smoke else list(HEART_DEFAULTS["seeds"] if args.name == "heart" else UCI_DEFAULTS["seeds"]))
+    kwargs: dict = {"methods": resolve_methods(args.methods, DEFAULT_METHODS), "seeds": check_seeds(seeds),
+                    "root": args.root, "device": args.device, "progress": not args.quiet}
+    epochs = args.epochs if args.epochs is not None else (2 if smoke else None)
+    samples = args.num_samples if args.num_samples is not None else (8 if smoke else None)
+    if epochs is not None:
+        kwargs["num_epochs"] = check_positive_int(epochs, "--epochs")
+    if samples is not None:
+        kwargs["num_samples"] = check_positive_int(samples, "--num-samples")
+    if args.name == "uci":
+        datasets = resolve_datasets(args.datasets)
+        kwargs["datasets"] = datasets[:2] if smoke and args.datasets is None else datasets
+        splits = args.splits if args.splits is not None else (2 if smoke else None)
+        kwargs["splits"] = None if splits is None else check_positive_int(splits, "--splits")
+    elif args.datasets is not None or args.splits is not None:
+        raise ValueError(f"--datasets and --splits apply to the uci experiment only, got them with {args.name!r}")
+    return kwargs
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
         from .demo import format_table, run_demo
@@ -52,6 +104,30 @@ def main(argv: list[str] | None = None) -> int:
             from pathlib import Path
 
             Path(args.out).write_text(text + "\n")
+    elif args.command == "experiment":
+        import shlex
+        import time
+
+        import torch
+
+        from .experiments import run_experiment, write_report
+        from .experiments.report import format_markdown
+
+        try:
+            kwargs = _experiment_kwargs(args)
+            torch.device(args.device)
+        except (ValueError, RuntimeError) as err:
+            parser.error(str(err))
+        start = time.perf_counter()
+        result = run_experiment(args.name, **kwargs)
+        out = args.out or f"experiment-{args.name}"
+        command = "pyro-lowrank " + shlex.join(sys.argv[1:] if argv is None else argv)
+        paths = write_report(result, out, command=command, device=args.device)
+        print(format_markdown(result))
+        print(f"wrote {', '.join(str(p) for p in paths.values())} ({time.perf_counter() - start:.1f} s)")
+        if result.failures:
+            print(f"{len(result.failures)} run(s) failed; see {paths['json']}", file=sys.stderr)
+            return 1
     return 0
 
 
