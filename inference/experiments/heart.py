@@ -36,7 +36,7 @@ DEFAULT_METHODS = ("deterministic", "ensemble", "mc_dropout", "swag", "laplace",
 #: The paper's MIMIC protocol (METHODS.md).
 HEART_DEFAULTS: dict[str, Any] = {"hidden_features": (128, 128), "rank": 15, "output_rank": 1, "lr": 1e-3,
                                   "batch_size": 64, "num_epochs": 256, "num_samples": 512, "seeds": (0, 1, 2, 3, 4),
-                                  "swag_epochs": 40, "kl_anneal_epochs": 5}
+                                  "swag_epochs": 40, "kl_anneal_epochs": 5, "patience": 30}
 
 #: Method-specific settings on top of the shared ones (weight decay 1e-4 for the maximum-likelihood networks and
 #: the MAP of the Laplace methods, dropout 0.1, 5 ensemble members, initial posterior scales 0.01 times the init
@@ -61,13 +61,15 @@ def heart_config(name: str, in_features: int, *, seed: int, num_epochs: int = HE
                  num_classes: int = 2, progress: bool = False) -> dict[str, Any]:
     """``make_method`` keyword arguments of method ``name`` on the heart task (see the module docstring).
 
-    SWAG collects for ``min(40, num_epochs)`` epochs after its ``num_epochs`` of Adam pre-training.
+    SWAG collects for ``min(40, num_epochs)`` epochs after its ``num_epochs`` of Adam pre-training. Every method
+    keeps its best validation epoch and stops after ``patience`` (30) epochs without improvement (SWAG: its
+    pre-training; LR-SVD: its deterministic twin as well), so that no method is compared at an overfitted epoch.
     """
     hidden = list(HEART_DEFAULTS["hidden_features"])
     config: dict[str, Any] = {"in_features": in_features, "hidden_features": hidden, "likelihood": "categorical",
                               "num_classes": num_classes, "num_epochs": num_epochs,
                               "batch_size": HEART_DEFAULTS["batch_size"], "lr": HEART_DEFAULTS["lr"], "seed": seed,
-                              "progress": progress}
+                              "progress": progress, "patience": HEART_DEFAULTS["patience"]}
     config.update(HEART_SETTINGS.get(name, {}))
     if name in _VARIATIONAL:
         config["kl_anneal_epochs"] = min(HEART_DEFAULTS["kl_anneal_epochs"], num_epochs)

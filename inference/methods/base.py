@@ -79,6 +79,11 @@ class Method(abc.ABC):
         Fixed observation noise standard deviation for ``"gaussian"`` (shared by all methods, so the comparison is
         about the weight uncertainty).
     num_epochs, batch_size, lr : training settings.
+    patience : int, optional
+        Validation early stopping: when :meth:`fit` gets ``val``, stop after this many epochs without a better
+        validation loss (Pyro methods: predictive NLL; torch-trained networks: their training loss, i.e. NLL or
+        MSE). With ``val`` the best epoch's state is restored even when ``patience`` is None; without ``val`` it is
+        ignored and every method trains for ``num_epochs``.
     seed : int
         Seed of initialisation and minibatch order (reproducible on CPU).
     progress : bool
@@ -103,6 +108,7 @@ class Method(abc.ABC):
         num_epochs: int = 100,
         batch_size: int = 128,
         lr: float = 1e-3,
+        patience: int | None = None,
         seed: int = 0,
         progress: bool = False,
     ) -> None:
@@ -123,6 +129,7 @@ class Method(abc.ABC):
         self.batch_size = check_positive_int(batch_size, "batch_size")
         check_positive(lr, "lr")
         self.lr = float(lr)
+        self.patience = None if patience is None else check_positive_int(patience, "patience")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}")
         self.seed = seed
@@ -165,7 +172,7 @@ class Method(abc.ABC):
         return module.to(device=self.device, dtype=self.dtype)
 
     def fit(self, train: Data, val: Data | None = None) -> "Method":
-        """Fit on ``train = (x, y)`` (``val`` for early stopping or model selection where a method uses it); sets
+        """Fit on ``train = (x, y)`` (``val`` for early stopping, see ``patience``, or model selection); sets
         :attr:`training_seconds` and returns ``self``. Networks live on the device and dtype of ``train``'s x."""
         train = self._check_data(train, "train")
         if val is not None:
@@ -175,6 +182,10 @@ class Method(abc.ABC):
         self._fitted = True
         logger.info("%s fitted in %.2f s (%d parameters)", self.name, self.training_seconds, self.num_parameters)
         return self
+
+    def _early_stopping(self, val: Data | None) -> dict[str, Any]:
+        """The ``val_data``/``patience`` arguments of a training loop (``patience`` only applies with ``val``)."""
+        return {"val_data": val, "patience": self.patience if val is not None else None}
 
     def predictive_draws(self, x: torch.Tensor, num_samples: int = 100) -> dict[str, torch.Tensor]:
         """Predictive draws for inputs ``x`` (see the module docstring), computed without gradients."""
@@ -215,15 +226,14 @@ class PyroMethod(Method):
     ``model(x, y=None, *, num_data=None)`` with a data plate named ``"data"`` and record the network output as the
     deterministic site ``"f"``. ``num_parameters`` counts the guide's parameters plus the model's learned ones.
 
-    Extra parameters: ``kl_anneal_epochs`` (linear KL warm-up), ``patience`` (early stopping on validation NLL),
-    ``num_particles`` (ELBO particles), ``val_num_samples``.
+    Extra parameters: ``kl_anneal_epochs`` (linear KL warm-up), ``num_particles`` (ELBO particles),
+    ``val_num_samples``; ``patience`` (early stopping on the validation NLL) is :class:`Method`'s.
     """
 
-    def __init__(self, *args: Any, kl_anneal_epochs: float = 0.0, patience: int | None = None,
-                 num_particles: int = 1, val_num_samples: int = 16, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, kl_anneal_epochs: float = 0.0, num_particles: int = 1, val_num_samples: int = 16,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.kl_anneal_epochs = float(kl_anneal_epochs)
-        self.patience = patience
         self.num_particles = check_positive_int(num_particles, "num_particles")
         self.val_num_samples = check_positive_int(val_num_samples, "val_num_samples")
         self.model: nn.Module | None = None
@@ -240,13 +250,12 @@ class PyroMethod(Method):
             self.model,
             self.guide,
             train,
-            val_data=val,
             num_epochs=self.num_epochs,
             batch_size=self.batch_size,
             lr=self.lr,
             num_particles=self.num_particles,
             kl_anneal_epochs=self.kl_anneal_epochs,
-            patience=self.patience if val is not None else None,
+            **self._early_stopping(val),
             val_num_samples=self.val_num_samples,
             seed=self.seed,
             progress=self.progress,

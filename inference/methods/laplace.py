@@ -3,6 +3,10 @@ r"""Laplace baselines on the shared MLP through laplace-torch: ``"laplace"`` (la
 on the validation data (grid search of the validation NLL; marginal likelihood when no validation data are given) and
 the linearised (GLM) predictive (:class:`pyro_lowrank.inference.laplace.LaplaceApproximation`, whose module docstring
 has the math and why the post-hoc marginal likelihood is not the default).
+
+With validation data the MAP network is trained with validation early stopping (its best epoch by validation
+NLL / MSE is restored; ``patience`` stops it early), so the same ``val`` serves both the MAP's epoch selection and the
+prior-precision tuning.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import torch
 
 from pyro_lowrank.models import DeterministicMLP
 
-from ..deterministic import train_deterministic
+from ..deterministic import DeterministicFitResult, fit_deterministic
 from ..laplace import (DEFAULT_GRID_SIZE, DEFAULT_LOG_PRIOR_PREC_MAX, DEFAULT_LOG_PRIOR_PREC_MIN,
                        LaplaceApproximation)
 from .base import Data, Method
@@ -27,8 +31,9 @@ logger = logging.getLogger(__name__)
 
 @register_method("laplace")
 class LastLayerLaplaceMethod(Method):
-    r"""A :class:`~pyro_lowrank.models.DeterministicMLP` trained with ``train_deterministic`` (its weights are the
-    MAP; ``weight_decay`` optional), then a laplace-torch posterior over the last layer's weights.
+    r"""A :class:`~pyro_lowrank.models.DeterministicMLP` trained with ``fit_deterministic`` (its weights are the
+    MAP; ``weight_decay`` optional; with ``val`` the best validation epoch, ``patience`` for early stopping; the
+    record is :attr:`fit_result`), then a laplace-torch posterior over the last layer's weights.
 
     :meth:`fit` ``(train, val)`` builds the GGN on ``train`` and, by default, picks the prior precision
     :math:`\lambda` that minimises the NLL of ``val`` under the GLM predictive (``tuning_method="gridsearch"``, a log
@@ -100,14 +105,16 @@ class LastLayerLaplaceMethod(Method):
         LaplaceApproximation(torch.nn.Linear(1, 1), likelihood=self.likelihood, noise_scale=self.noise_scale,
                              batch_size=self.batch_size, **self._laplace_settings)
         self.network: DeterministicMLP | None = None
+        self.fit_result: DeterministicFitResult | None = None
         self.laplace: LaplaceApproximation | None = None
 
     def _fit(self, train: Data, val: Data | None) -> float:
         torch.manual_seed(self.seed)
         net = self.place(DeterministicMLP(self.in_features, self.hidden_features, self.out_features))
-        map_seconds = train_deterministic(net, train, likelihood=self.likelihood, num_epochs=self.num_epochs,
-                                          batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                                          seed=self.seed, progress=self.progress)
+        self.fit_result = fit_deterministic(net, train, likelihood=self.likelihood, num_epochs=self.num_epochs,
+                                            batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                                            seed=self.seed, progress=self.progress, **self._early_stopping(val))
+        map_seconds = self.fit_result.seconds
         laplace = LaplaceApproximation(net, likelihood=self.likelihood, noise_scale=self.noise_scale,
                                        batch_size=self.batch_size, **self._laplace_settings)
         laplace_seconds = laplace.fit(train, val)

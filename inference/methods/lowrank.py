@@ -61,19 +61,23 @@ class LowRankBNN(PyroMethod):
 @register_method("lowrank_svd")
 class LowRankSVDBNN(LowRankBNN):
     """LR-SVD: :class:`LowRankBNN` whose factor means start at the truncated SVD of a trained deterministic twin
-    (trained with the same ``num_epochs``, ``batch_size``, ``lr`` unless ``pretrain_epochs`` is given)."""
+    (trained with the same ``num_epochs``, ``batch_size``, ``lr`` unless ``pretrain_epochs`` is given; with
+    validation data the twin, like the deterministic baseline, keeps its best validation epoch and stops after
+    ``patience`` epochs without improvement)."""
 
     def __init__(self, *args: Any, pretrain_epochs: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.pretrain_epochs = self.num_epochs if pretrain_epochs is None else int(pretrain_epochs)
         self.pretrain_seconds = 0.0
         self.twin: DeterministicMLP | None = None
+        self._val: Data | None = None
 
     def build(self, train: Data) -> tuple[nn.Module, nn.Module]:
         start = time.perf_counter()
         twin = self.place(DeterministicMLP(self.in_features, self.hidden_features, self.out_features))
         train_deterministic(twin, train, likelihood=self.likelihood, num_epochs=self.pretrain_epochs,
-                            batch_size=self.batch_size, lr=self.lr, seed=self.seed, progress=self.progress)
+                            batch_size=self.batch_size, lr=self.lr, seed=self.seed, progress=self.progress,
+                            **self._early_stopping(self._val))
         model = self.place(self.make_model())
         with torch.no_grad():
             for layer, linear in zip(model.layers, twin.layers):
@@ -83,4 +87,8 @@ class LowRankSVDBNN(LowRankBNN):
         return model, FactorGuide(model)
 
     def _fit(self, train: Data, val: Data | None) -> float:
-        return super()._fit(train, val) + self.pretrain_seconds
+        self._val = val  # build() trains the twin, which stops on the same validation data
+        try:
+            return super()._fit(train, val) + self.pretrain_seconds
+        finally:
+            self._val = None

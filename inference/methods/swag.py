@@ -1,6 +1,11 @@
 r"""SWAG baseline (Maddox et al., 2019) on the shared MLP: Adam pre-training, then SGD iterates collected by
 :class:`pyro_lowrank.inference.swag.SWAG` and predictive draws at sampled weights
 :math:`\theta_s \sim \mathcal N(\bar\theta, s(\Sigma_\text{diag} + \hat D\hat D^\top/(K-1)))`.
+
+Validation early stopping (``fit(train, val)``, ``patience``) applies to the Adam *pre-training* only: it stops
+after ``patience`` epochs without a lower validation NLL / MSE and SWAG starts from the best pre-training epoch.
+The collection phase always runs its configured ``swag_epochs`` (stopping it early would change the number of
+collected iterates, i.e. the posterior's rank and moments).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import torch
 from pyro_lowrank._validation import check_choice, check_positive, check_positive_int
 from pyro_lowrank.models import DeterministicMLP
 
-from ..deterministic import train_deterministic
+from ..deterministic import DeterministicFitResult, fit_deterministic
 from ..swag import SCHEDULES, SWAG
 from .base import Data, Method
 from .registry import register_method
@@ -22,8 +27,9 @@ __all__ = ["SWAGMethod"]
 
 @register_method("swag")
 class SWAGMethod(Method):
-    r"""A :class:`~pyro_lowrank.models.DeterministicMLP` pre-trained with ``train_deterministic`` (``num_epochs``,
-    ``batch_size``, ``lr``), then ``swag_epochs`` epochs of SGD (momentum ``swag_momentum``, rate ``swag_lr``,
+    r"""A :class:`~pyro_lowrank.models.DeterministicMLP` pre-trained with ``fit_deterministic`` (``num_epochs``,
+    ``batch_size``, ``lr``; with ``val`` the best validation epoch, ``patience`` for early stopping; the record is
+    :attr:`pretrain_result`), then ``swag_epochs`` epochs of SGD (momentum ``swag_momentum``, rate ``swag_lr``,
     constant or cyclic schedule) with one iterate collected per epoch (or every ``swag_collect_every`` steps).
 
     Extra parameters
@@ -76,13 +82,16 @@ class SWAGMethod(Method):
         self.sample_scale = float(sample_scale)
         self.sample_cov = bool(sample_cov)
         self.network: DeterministicMLP | None = None
+        self.pretrain_result: DeterministicFitResult | None = None
         self.swag: SWAG | None = None
 
     def _fit(self, train: Data, val: Data | None) -> float:
         torch.manual_seed(self.seed)
         net = self.place(DeterministicMLP(self.in_features, self.hidden_features, self.out_features))
-        pretrain = train_deterministic(net, train, likelihood=self.likelihood, num_epochs=self.num_epochs,
-                                       batch_size=self.batch_size, lr=self.lr, seed=self.seed, progress=self.progress)
+        self.pretrain_result = fit_deterministic(net, train, likelihood=self.likelihood, num_epochs=self.num_epochs,
+                                                 batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+                                                 progress=self.progress, **self._early_stopping(val))
+        pretrain = self.pretrain_result.seconds
         swag = SWAG(net, max_rank=self.max_rank)
         collection = swag.fit(train, likelihood=self.likelihood, num_epochs=self.swag_epochs,
                               batch_size=self.batch_size, lr=self.swag_lr, momentum=self.swag_momentum,
