@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pyro_lowrank._validation import check_finite, check_positive_int
+from pyro_lowrank._validation import check_finite, check_positive_int, check_xy
 
 __all__ = ["LOSSES", "DeterministicFitResult", "fit_deterministic", "train_deterministic", "validation_loss"]
 
@@ -87,19 +87,6 @@ def validation_loss(net: nn.Module, data: tuple[torch.Tensor, torch.Tensor], *, 
     return total / x.shape[0]
 
 
-def _check_pair(data: object, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError(f"{name} must be a tuple (x, y) of tensors, got {type(data).__name__}")
-    x, y = data
-    if not torch.is_tensor(x) or not torch.is_tensor(y):
-        raise ValueError(f"{name} must hold tensors, got ({type(x).__name__}, {type(y).__name__})")
-    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ValueError(f"{name}: x and y must have the same non-zero number of rows, got x {tuple(x.shape)} and "
-                         f"y {tuple(y.shape)}")
-    check_finite(x, f"{name}[0] (x)")
-    return x, y
-
-
 def fit_deterministic(
     net: nn.Module,
     data: tuple[torch.Tensor, torch.Tensor],
@@ -146,7 +133,7 @@ def fit_deterministic(
     num_epochs = check_positive_int(num_epochs, "num_epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     if val_data is not None:
-        val_data = _check_pair(val_data, "val_data")
+        val_data = check_xy(val_data, "val_data")
     if patience is not None:
         if val_data is None:
             raise ValueError("patience needs val_data: early stopping monitors the validation loss")

@@ -32,7 +32,7 @@ import torch
 from pyro.infer import ELBO, TraceMeanField_ELBO
 from tqdm import tqdm
 
-from pyro_lowrank._validation import check_finite, check_positive_int
+from pyro_lowrank._validation import check_positive_int, check_xy
 from pyro_lowrank.errors import TrainingDivergedError
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -152,9 +152,9 @@ def fit(
     TrainingDivergedError
         The loss or its gradient became non-finite.
     """
-    x, y = _check_data(data, "data")
+    x, y = check_xy(data, "data")
     if val_data is not None:
-        x_val, y_val = _check_data(val_data, "val_data")
+        x_val, y_val = check_xy(val_data, "val_data")
     num_epochs = check_positive_int(num_epochs, "num_epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
@@ -269,23 +269,6 @@ def fit(
     if best_state is not None:
         loss_module.load_state_dict(best_state)
     return result
-
-
-def _check_data(data: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError(f"{name} must be a tuple (x, y) of tensors, got {type(data).__name__}")
-    x, y = data
-    if not torch.is_tensor(x) or not torch.is_tensor(y):
-        raise ValueError(f"{name} must hold tensors, got ({type(x).__name__}, {type(y).__name__})")
-    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ValueError(
-            f"{name}: x and y must have the same non-zero number of rows, got x {tuple(x.shape)} and y {tuple(y.shape)}"
-        )
-    label = "x" if name == "data" else "x_val"
-    check_finite(x, f"{name}[0] ({label})")
-    if y.dtype.is_floating_point:
-        check_finite(y, f"{name}[1] ({label.replace('x', 'y')})")
-    return x, y
 
 
 def _snapshot(loss_module: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int) -> dict[str, Any]:

@@ -79,3 +79,22 @@ def check_last_dim(x: torch.Tensor, expected: int, name: str, owner: str) -> Non
         raise ValueError(
             f"{owner} expected {name} with last dimension {expected}, got shape {tuple(x.shape)}"
         )
+
+
+def check_xy(data: object, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(x, y)`` after checking that ``data`` is a pair of tensors with the same non-zero number of rows,
+    finite ``x`` and, when floating, finite ``y`` (the messages name ``name``, e.g. ``data`` or ``val_data``)."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(f"{name} must be a tuple (x, y) of tensors, got {type(data).__name__}")
+    x, y = data
+    if not torch.is_tensor(x) or not torch.is_tensor(y):
+        raise ValueError(f"{name} must hold tensors, got ({type(x).__name__}, {type(y).__name__})")
+    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise ValueError(
+            f"{name}: x and y must have the same non-zero number of rows, got x {tuple(x.shape)} and y {tuple(y.shape)}"
+        )
+    label = "x" if name == "data" else "x_val"
+    check_finite(x, f"{name}[0] ({label})")
+    if y.dtype.is_floating_point:
+        check_finite(y, f"{name}[1] ({label.replace('x', 'y')})")
+    return x, y
