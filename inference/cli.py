@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             kwargs = _experiment_kwargs(args)
-            torch.device(args.device)
-        except (ValueError, RuntimeError) as err:
+            torch.empty(1, device=torch.device(args.device))  # the device must exist here, not only parse
+        except (ValueError, RuntimeError, AssertionError) as err:
             parser.error(str(err))
         start = time.perf_counter()
         result = run_experiment(args.name, **kwargs)

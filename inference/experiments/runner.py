@@ -65,7 +65,7 @@ TASK_KINDS = ("classification", "regression")
 NUM_BINS = 15
 NOISE_GRID = torch.logspace(-3, 1, 121, dtype=torch.float64)
 #: Row keys that describe a run rather than measure it (not aggregated).
-ID_KEYS = ("experiment", "task", "method", "seed", "split")
+ID_KEYS = ("experiment", "task", "method", "seed", "split", "n_hidden", "n_epochs")
 
 
 @dataclass
@@ -363,7 +363,7 @@ def run_task(
                "train_seconds": float(method.training_seconds)}
         result.rows.append(row)
         if seed == seeds[0]:
-            result.draws.setdefault(task.name, {})[name] = draws
+            result.draws.setdefault(task.name, {}).setdefault(name, draws)  # the first seed of the first split
         logger.info("%s", row)
     return result
 

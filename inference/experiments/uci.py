@@ -213,6 +213,9 @@ def _resolve_splits(splits: int | Sequence[int] | None, available: int, dataset:
     if isinstance(splits, int) and not isinstance(splits, bool):
         if splits < 1:
             raise ValueError(f"splits must be a positive int or a list of split indices, got {splits}")
+        if splits > available:
+            logger.warning("%s has %d splits; running all of them instead of the %d asked for", dataset, available,
+                           splits)
         return list(range(min(splits, available)))
     splits = list(splits)
     bad = [k for k in splits if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < available]

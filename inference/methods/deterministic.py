@@ -63,15 +63,16 @@ class Deterministic(Method):
 
 @register_method("ensemble")
 class DeepEnsemble(Deterministic):
-    """M independently initialised and shuffled deterministic networks (seeds ``seed, seed + 1, ...``); the members
-    are the draws. ``num_parameters`` is M times a member's."""
+    """M independently initialised and shuffled deterministic networks; the members are the draws.
+    ``num_parameters`` is M times a member's. Member m of the ensemble with seed s uses seed ``s * M + m``, so
+    ensembles of different seeds share no member (``s + m`` would reuse M - 1 members between seeds s and s + 1)."""
 
     def __init__(self, *args: Any, num_members: int = 5, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.num_members = check_positive_int(num_members, "num_members")
 
     def _fit(self, train: Data, val: Data | None) -> float:
-        members = [self._train_member(train, val, self.seed + m) for m in range(self.num_members)]
+        members = [self._train_member(train, val, self.seed * self.num_members + m) for m in range(self.num_members)]
         self.networks = [net for net, _ in members]
         self.fit_results = [result for _, result in members]
         return sum(result.seconds for result in self.fit_results)

@@ -18,6 +18,7 @@ The root defaults to ``$PYRO_LOWRANK_DATA``, else ``$XDG_CACHE_HOME/pyro-lowrank
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -205,6 +206,12 @@ def fetch(relative_path: str, root: str | os.PathLike | None = None, *, timeout:
         except (ChecksumError, DownloadError):
             archive.unlink(missing_ok=True)  # a bad archive must not poison later attempts
             raise
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as error:
+            archive.unlink(missing_ok=True)
+            raise DownloadError(
+                f"the archive {entry.url} (for {relative_path!r}) is corrupt or truncated ({type(error).__name__}: "
+                f"{error}); it was deleted, so the next call downloads it again"
+            ) from error
     logger.info("downloaded and verified %s", path)
     return path
 
@@ -230,7 +237,7 @@ def _download(url: str, destination: Path, sha256: str | None, timeout: float, r
                     for chunk in iter(lambda: response.read(_CHUNK), b""):
                         digest.update(chunk)
                         handle.write(chunk)
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
+            except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError, OSError) as error:
                 raise DownloadError(
                     f"could not download {url} (needed for {relative_path!r}): {error}. Without network access, "
                     f"place the official file at {str(destination)!r} or set $PYRO_LOWRANK_DATA to a folder that "

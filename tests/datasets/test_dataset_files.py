@@ -159,6 +159,21 @@ def test_archive_without_the_member_is_a_clear_error(monkeypatch, tmp_path):
     assert not (tmp_path / "root" / ".downloads" / "bundle.zip").exists()  # a bad archive is not kept
 
 
+def test_truncated_archive_is_a_clear_error_and_is_not_kept(monkeypatch, tmp_path):
+    """A corrupt download (here a gzip cut in half) must not be reused by later calls."""
+    archive = tmp_path / "bundle.tar.gz"
+    with tarfile.open(archive, "w:gz") as bundle:
+        info = tarfile.TarInfo("top/table.csv")
+        info.size = len(PAYLOAD) * 200
+        bundle.addfile(info, io.BytesIO(PAYLOAD * 200))
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    _register(monkeypatch, "test_data/table.csv", archive.as_uri(), member="table.csv")
+    root = tmp_path / "root"
+    with pytest.raises(DownloadError, match=r"corrupt or truncated .*it was deleted"):
+        fetch("test_data/table.csv", root)
+    assert not (root / ".downloads" / archive.name).exists() and _leftovers(root) == []
+
+
 def test_no_network_is_a_clear_error(monkeypatch, tmp_path):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")

@@ -214,3 +214,16 @@ def test_lowrank_svd_twin_stops_on_the_validation_data():
         lowrank_module.train_deterministic = original
     assert calls and calls[0]["patience"] == 3
     assert torch.equal(calls[0]["val_data"][0], val[0]) and torch.equal(calls[0]["val_data"][1], val[1])
+
+
+def test_ensembles_of_different_seeds_share_no_member():
+    """Member m of seed s uses seed s * M + m: seeds 0 and 1 train ten different networks."""
+    train, _ = overfit_task()
+    weights = []
+    for seed in (0, 1):
+        method = make_method("ensemble", in_features=2, hidden_features=[8], num_classes=3, num_epochs=2,
+                             num_members=3, seed=seed)
+        method.fit(train)
+        weights.append([net.layers[0].weight.detach().clone() for net in method.networks])
+    for first in weights[0]:
+        assert not any(torch.equal(first, second) for second in weights[1])

@@ -233,6 +233,13 @@ def test_bad_arguments_give_clear_errors(capsys):
     with pytest.raises(SystemExit):
         main(["experiment", "heart", "--datasets", "yacht"])
     assert "apply to the uci experiment only" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # a device that parses but does not exist is refused before anything runs
+        with pytest.raises(SystemExit):
+            main(["experiment", "heart", "--smoke", "--device", "cuda", "--quiet"])
+        assert "error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["experiment", "heart", "--smoke", "--device", "gpu7", "--quiet"])
+    assert "error:" in capsys.readouterr().err
     with pytest.raises(ValueError, match="seeds must be a non-empty list of non-negative ints"):
         run_heart(seeds=[-1])
     with pytest.raises(ValueError, match="num_samples must be a positive integer, got 0"):
