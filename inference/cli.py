@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(explicit options still win)")
     experiment.add_argument("--seeds", type=int, nargs="+", default=None,
                             help="training seeds (default: heart 0 1 2 3 4, uci 0)")
+    experiment.add_argument("--data-seed", type=int, default=None,
+                            help="heart: one fixed train/val/test split for every seed (default: each seed draws "
+                                 "its own split)")
     experiment.add_argument("--methods", default=None, help="comma-separated method names (default: all ten)")
     experiment.add_argument("--epochs", type=int, default=None,
                             help="training epochs of every method (default: heart 256, uci the published n_epochs)")
@@ -78,6 +81,12 @@ def _experiment_kwargs(args: argparse.Namespace) -> dict:
         kwargs["splits"] = None if splits is None else check_positive_int(splits, "--splits")
     elif args.datasets is not None or args.splits is not None:
         raise ValueError(f"--datasets and --splits apply to the uci experiment only, got them with {args.name!r}")
+    if args.data_seed is not None:
+        if args.name != "heart":
+            raise ValueError(f"--data-seed applies to the heart experiment only, got it with {args.name!r}")
+        if args.data_seed < 0:
+            raise ValueError(f"--data-seed must be a non-negative integer, got {args.data_seed}")
+        kwargs["data_seed"] = args.data_seed
     return kwargs
 
 

@@ -65,7 +65,7 @@ TASK_KINDS = ("classification", "regression")
 NUM_BINS = 15
 NOISE_GRID = torch.logspace(-3, 1, 121, dtype=torch.float64)
 #: Row keys that describe a run rather than measure it (not aggregated).
-ID_KEYS = ("experiment", "task", "method", "seed", "split", "n_hidden", "n_epochs")
+ID_KEYS = ("experiment", "task", "method", "seed", "split", "data_seed", "n_hidden", "n_epochs")
 
 
 @dataclass

@@ -240,9 +240,23 @@ def test_bad_arguments_give_clear_errors(capsys):
     with pytest.raises(SystemExit):
         main(["experiment", "heart", "--smoke", "--device", "gpu7", "--quiet"])
     assert "error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["experiment", "uci", "--data-seed", "1", "--quiet"])
+    assert "--data-seed applies to the heart experiment only" in capsys.readouterr().err
     with pytest.raises(ValueError, match="seeds must be a non-empty list of non-negative ints"):
         run_heart(seeds=[-1])
     with pytest.raises(ValueError, match="num_samples must be a positive integer, got 0"):
         run_uci(num_samples=0)
     with pytest.raises(ValueError, match="kind must be one of"):
         TaskData("x", "ranking", train=(torch.zeros(1, 1), torch.zeros(1)), test=(torch.zeros(1, 1), torch.zeros(1)))
+
+
+@needs_data
+def test_each_heart_seed_draws_its_own_split_unless_data_seed_is_fixed():
+    per_seed = run_heart(["deterministic"], seeds=(0, 1), num_epochs=2, num_samples=4, root=ROOT, progress=False)
+    assert [row["data_seed"] for row in per_seed.rows] == [0, 1]
+    assert per_seed.rows[0]["auroc"] != per_seed.rows[1]["auroc"]  # different test patients
+    assert "data_seed" not in per_seed.aggregates[0] and per_seed.aggregates[0]["n"] == 2
+    fixed = run_heart(["deterministic"], seeds=(0, 1), num_epochs=2, num_samples=4, root=ROOT, data_seed=3,
+                      progress=False)
+    assert [row["data_seed"] for row in fixed.rows] == [3, 3]
