@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pyro_lowrank._validation import check_choice
+from pyro_lowrank.distributions import ScaleMixturePrior
 from pyro_lowrank.guides import FactorGuide, svd_init
 from pyro_lowrank.models import DeterministicMLP, LowRankMLP
 
@@ -31,13 +33,16 @@ class LowRankBNN(PyroMethod):
 
     Extra parameters: ``rank`` (int or one per hidden layer), ``output_rank`` (default: C for classification, i.e.
     a full-rank C-way output layer when C is at most the last hidden width; 1 for regression as in the paper),
-    ``prior_scale``, ``init_scale_factor`` (η: initial guide scales are η times the init scale).
-    ``num_parameters`` = Σ_layers 2·r·(m + n) + 2·m.
+    ``prior`` (``"gaussian"``: N(0, prior_scale²) per factor entry; ``"scale_mixture"``: the paper's
+    0.5 N(0, 1) + 0.5 N(0, e⁻¹²)), ``prior_scale``, ``init_scale_factor`` (η: initial guide scales are η times the
+    init scale). ``num_parameters`` = Σ_layers 2·r·(m + n) + 2·m.
     """
 
     def __init__(self, *args: Any, rank: int | Sequence[int] = 15, output_rank: int | None = None,
-                 prior_scale: float = 1.0, init_scale_factor: float = 0.01, **kwargs: Any) -> None:
+                 prior: str = "gaussian", prior_scale: float = 1.0, init_scale_factor: float = 0.01,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.prior = check_choice(prior, "prior", ("gaussian", "scale_mixture"))
         self.rank = rank
         if output_rank is None:
             output_rank = min(self.num_classes, self.hidden_features[-1] if self.hidden_features else
@@ -48,9 +53,10 @@ class LowRankBNN(PyroMethod):
         self.make_model()  # validate ranks and settings now, not after (pre-)training
 
     def make_model(self) -> LowRankMLP:
+        prior = ScaleMixturePrior() if self.prior == "scale_mixture" else None
         return LowRankMLP(self.in_features, self.hidden_features, rank=self.rank, output_rank=self.output_rank,
                           likelihood=self.likelihood, num_classes=self.num_classes,
-                          noise_scale=self.noise_scale, prior_scale=self.prior_scale,
+                          noise_scale=self.noise_scale, prior=prior, prior_scale=self.prior_scale,
                           init_scale_factor=self.init_scale_factor)
 
     def build(self, train: Data) -> tuple[nn.Module, nn.Module]:

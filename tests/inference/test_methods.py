@@ -151,3 +151,21 @@ def test_data_checks_name_the_argument():
         make_method("deterministic", in_features=2, hidden_features=[4], likelihood="gaussian", num_classes=3)
     with pytest.raises(ValueError, match="rank\\[0\\] must be an integer in .* = \\[1, 2\\] for a 7x2 matrix, got 15"):
         make_method("lowrank", in_features=2, hidden_features=[7], num_classes=3)  # default rank 15, checked at once
+
+
+def test_lowrank_prior_choice_reaches_every_layer():
+    from pyro_lowrank.distributions import GaussianPrior, ScaleMixturePrior
+
+    x, y = blobs(90)
+    method = make_method("lowrank", in_features=2, hidden_features=[8], num_classes=3, num_epochs=2, rank=2,
+                         prior="scale_mixture")
+    model = method.make_model()
+    assert all(isinstance(layer.prior, ScaleMixturePrior) for layer in model.layers)
+    assert model.layers[0].prior is not model.layers[1].prior
+    method.fit((x, y))  # the mixture has no closed-form KL: TraceMeanField_ELBO falls back to Monte Carlo
+    assert torch.isfinite(method.predictive_draws(x, 4)["probs"]).all()
+    plain = make_method("lowrank", in_features=2, hidden_features=[8], num_classes=3, rank=2,
+                        prior_scale=0.3).make_model()
+    assert isinstance(plain.layers[0].prior, GaussianPrior) and float(plain.layers[0].prior.scale) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match=r"prior must be one of \['gaussian', 'scale_mixture'\], got 'laplace'"):
+        make_method("lowrank", in_features=2, hidden_features=[8], num_classes=3, rank=2, prior="laplace")
