@@ -46,7 +46,7 @@ class LowRankMLP(BayesianMLP):
         For ``likelihood="gaussian"``: fixed noise sigma, or its initial value when learned.
     prior : FactorPrior, optional
         Factor prior shared by all layers (default Gaussian with ``prior_scale``); each layer gets its own copy.
-    prior_scale : float
+    prior_scale : float or "matched"
         Scale of the default Gaussian factor prior.
     activation : nn.Module
         Hidden activation (default ReLU).
@@ -78,7 +78,7 @@ class LowRankMLP(BayesianMLP):
         noise_scale: float = 1.0,
         learn_noise: bool = False,
         prior: FactorPrior | None = None,
-        prior_scale: float = 1.0,
+        prior_scale: float | str = 1.0,
         activation: nn.Module | None = None,
         init_scale_factor: float = 0.1,
     ) -> None:

@@ -46,7 +46,9 @@ HEART_DEFAULTS: dict[str, Any] = {"hidden_features": (128, 128), "rank": 15, "ou
 
 #: Method-specific settings on top of the shared ones (weight decay 1e-4 for the maximum-likelihood networks and
 #: the MAP of the Laplace methods, dropout 0.1, 5 ensemble members, initial posterior scales 0.01 times the init
-#: scale for the variational networks as in the paper; rank-1 keeps its reference defaults).
+#: scale for the variational networks as in the paper; rank-1 keeps its reference defaults). The low-rank networks
+#: use the variance-matched factor prior (``prior_scale="matched"``: the implied prior on W has the He variance
+#: 2/n, where N(0, 1) factors would give Var W = r = 15).
 HEART_SETTINGS: dict[str, dict[str, Any]] = {
     "deterministic": {"weight_decay": 1e-4},
     "ensemble": {"weight_decay": 1e-4, "num_members": 5},
@@ -56,8 +58,8 @@ HEART_SETTINGS: dict[str, dict[str, Any]] = {
     "laplace_full": {"weight_decay": 1e-4},
     "mean_field": {"init_scale_factor": 0.01},
     "rank1": {},
-    "lowrank": {"init_scale_factor": 0.01},
-    "lowrank_svd": {"init_scale_factor": 0.01},
+    "lowrank": {"init_scale_factor": 0.01, "prior_scale": "matched"},
+    "lowrank_svd": {"init_scale_factor": 0.01, "prior_scale": "matched"},
 }
 
 _VARIATIONAL = ("mean_field", "rank1", "lowrank", "lowrank_svd")

@@ -33,13 +33,14 @@ class LowRankBNN(PyroMethod):
 
     Extra parameters: ``rank`` (int or one per hidden layer), ``output_rank`` (default: C for classification, i.e.
     a full-rank C-way output layer when C is at most the last hidden width; 1 for regression as in the paper),
-    ``prior`` (``"gaussian"``: N(0, prior_scale²) per factor entry; ``"scale_mixture"``: the paper's
+    ``prior`` (``"gaussian"``: N(0, prior_scale²) per factor entry, ``prior_scale="matched"`` giving each layer the
+    He variance on W (see :class:`~pyro_lowrank.nn.LowRankLinear`); ``"scale_mixture"``: the paper's
     0.5 N(0, 1) + 0.5 N(0, e⁻¹²)), ``prior_scale``, ``init_scale_factor`` (η: initial guide scales are η times the
     init scale). ``num_parameters`` = Σ_layers 2·r·(m + n) + 2·m.
     """
 
     def __init__(self, *args: Any, rank: int | Sequence[int] = 15, output_rank: int | None = None,
-                 prior: str = "gaussian", prior_scale: float = 1.0, init_scale_factor: float = 0.01,
+                 prior: str = "gaussian", prior_scale: float | str = 1.0, init_scale_factor: float = 0.01,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.prior = check_choice(prior, "prior", ("gaussian", "scale_mixture"))

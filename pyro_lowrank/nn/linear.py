@@ -170,8 +170,11 @@ class LowRankLinear(PyroModule):
         Whether to add a Bayesian bias (one site of shape ``(m,)``).
     prior : FactorPrior, optional
         Prior of every factor and bias entry; default ``GaussianPrior(prior_scale)``. Its constants are buffers.
-    prior_scale : float
-        Standard deviation of the default Gaussian prior.
+    prior_scale : float or "matched"
+        Standard deviation of the default Gaussian prior. ``"matched"``: :math:`s = (\text{gain} / (n r))^{1/4}`, the
+        entry scale of the variance-matching initialisation, so that the implied prior on W has the He variance
+        :math:`\operatorname{Var} W_{ij} = r s^4 = \text{gain} / n` at every width and rank (N(0, 1) factors give
+        :math:`\operatorname{Var} W_{ij} = r`, a prior on W that widens with the rank).
     gain : float
         Target weight variance gain/in_features for the variance-matching init (2 = He, for ReLU).
     init_scale_factor : float
@@ -198,7 +201,7 @@ class LowRankLinear(PyroModule):
         rank: int,
         bias: bool = True,
         prior: FactorPrior | None = None,
-        prior_scale: float = 1.0,
+        prior_scale: float | str = 1.0,
         gain: float = 2.0,
         init_scale_factor: float = 0.1,
         sequence_dims: int | None = 0,
@@ -215,6 +218,11 @@ class LowRankLinear(PyroModule):
         self.rank = check_rank(rank, out_features, in_features)
         check_positive(init_scale_factor, "init_scale_factor")
         if prior is None:
+            if isinstance(prior_scale, str):
+                if prior_scale != "matched":
+                    raise ValueError(f"prior_scale must be a positive float or 'matched', got {prior_scale!r}")
+                check_positive(gain, "gain")
+                prior_scale = (gain / (self.in_features * self.rank)) ** 0.25
             prior = GaussianPrior(prior_scale)
         if not isinstance(prior, nn.Module) or not callable(prior):
             raise TypeError(f"prior must be a FactorPrior module (shape -> distribution), got {type(prior).__name__}")

@@ -441,3 +441,20 @@ def test_weight_posterior_top_level_layer():
     assert q.event_shape == (3, 4)
     torch.testing.assert_close(q.mean, layer.a_init @ layer.b_init.T)
     torch.testing.assert_close(q.a_scale, torch.full((3, 2), layer.init_scale))
+
+
+@pytest.mark.parametrize("in_features, rank", [(32, 15), (128, 4), (7, 1)])
+def test_matched_prior_gives_w_the_he_variance(in_features, rank):
+    """prior_scale='matched': s = (gain / (n r))^(1/4), so the implied prior on W = A B^T has Var W_ij = r s^4 =
+    gain / n at any width and rank; its draws confirm it."""
+    layer = LowRankLinear(in_features, 64, rank, prior_scale="matched")
+    scale = float(layer.prior.scale)
+    assert scale == pytest.approx((2.0 / (in_features * rank)) ** 0.25)
+    assert rank * scale**4 == pytest.approx(2.0 / in_features)
+    torch.manual_seed(0)
+    a = layer.prior((64, rank)).sample((200,))
+    b = layer.prior((in_features, rank)).sample((200,))
+    w = a @ b.transpose(-1, -2)
+    assert float(w.var()) == pytest.approx(2.0 / in_features, rel=0.1)
+    with pytest.raises(ValueError, match=r"prior_scale must be a positive float or 'matched', got 'he'"):
+        LowRankLinear(in_features, 64, rank, prior_scale="he")
