@@ -26,7 +26,7 @@ from torch import nn
 from pyro_lowrank._validation import check_positive_int
 from pyro_lowrank.distributions import FactorPrior
 from pyro_lowrank.guides.init import FactorInit, svd_init
-from pyro_lowrank.nn.linear import LowRankLinear, align_to_plates
+from pyro_lowrank.nn.linear import LowRankLinear, align_to_plates, vectorized_plate_depth
 
 __all__ = ["LowRankEmbedding", "gather_rows"]
 
@@ -201,9 +201,10 @@ class LowRankEmbedding(LowRankLinear):
         of batch shape ``(P, 1)`` (vectorised particles) and tokens ``(N, L)`` give ``(P, N, L, d)``.
         """
         self.check_tokens(tokens)
-        seq = self.resolve_sequence_dims(tokens.dim() - 1)
-        a = align_to_plates(self.A, 2, seq)
-        b = align_to_plates(self.B, 2, seq)
+        depth = vectorized_plate_depth()
+        seq = self.resolve_sequence_dims(tokens.dim() - 1, depth)
+        a = align_to_plates(self.A, 2, seq, depth)
+        b = align_to_plates(self.B, 2, seq, depth)
         uniq, inverse = torch.unique(tokens, return_inverse=True)
         rows = a[..., uniq, :]  # (..., U, r)
         table = rows @ b.transpose(-1, -2)  # (..., U, d): 2 U r d flops, independent of V

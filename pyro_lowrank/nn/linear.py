@@ -22,7 +22,7 @@ from pyro_lowrank.guides.init import FactorInit, svd_init, variance_matching_ini
 
 __all__ = [
     "LowRankLinear", "align_to_plates", "check_batched_under_plates", "factor_matmul", "factored_is_cheaper",
-    "fold_constant_batch", "strip_batch",
+    "fold_constant_batch", "strip_batch", "vectorized_plate_depth",
 ]
 
 
@@ -31,7 +31,14 @@ def factored_is_cheaper(batch: int, out_features: int, in_features: int, rank: i
     return batch * rank * (out_features + in_features) <= out_features * in_features * (rank + batch)
 
 
-def align_to_plates(value: torch.Tensor, event_dim: int, sequence_dims: int = 0) -> torch.Tensor:
+def vectorized_plate_depth() -> int:
+    """How many batch dimensions the active vectorised plates span (0 outside vectorised plates)."""
+    return max((-frame.dim for frame in get_plates() if frame.vectorized and frame.dim is not None), default=0)
+
+
+def align_to_plates(
+    value: torch.Tensor, event_dim: int, sequence_dims: int = 0, depth: int | None = None
+) -> torch.Tensor:
     """Give a global site's value the batch rank of the active plate stack by padding singletons on the right.
 
     Under vectorisation (``Trace_ELBO(vectorize_particles=True)``, ``Predictive(parallel=True)``) a global site must
@@ -43,8 +50,9 @@ def align_to_plates(value: torch.Tensor, event_dim: int, sequence_dims: int = 0)
     batch dimensions. They line the factors up with inputs of shape ``plates + (L, ..., features)`` whose per-datum
     dimensions (time steps, token positions) sit between the plate dimensions and the features: factors of batch
     shape ``(P, 1)`` become ``(P, 1, 1)`` and broadcast against inputs ``(N, L, n)`` to give ``(P, N, L, m)``.
+    ``depth`` (:func:`vectorized_plate_depth`) may be passed by a caller that aligns several values at once.
     """
-    depth = max((-frame.dim for frame in get_plates() if frame.vectorized and frame.dim is not None), default=0)
+    depth = vectorized_plate_depth() if depth is None else depth
     batch_dim = value.dim() - event_dim
     if 0 < batch_dim < depth:
         value = value.reshape(value.shape[:batch_dim] + (1,) * (depth - batch_dim) + value.shape[batch_dim:])
@@ -282,13 +290,14 @@ class LowRankLinear(PyroModule):
         any Pyro sample: factors of batch shape ``(P, 1)`` and ``x`` of shape ``(N, n)`` give ``(P, N, m)``.
         """
         check_last_dim(x, self.in_features, "x", f"LowRankLinear(in_features={self.in_features})")
-        seq = self.resolve_sequence_dims(x.dim() - 2)
-        out = factor_matmul(x, align_to_plates(self.A, 2, seq), align_to_plates(self.B, 2, seq))
+        depth = vectorized_plate_depth()  # the plate stack is read once per call
+        seq = self.resolve_sequence_dims(x.dim() - 2, depth)
+        out = factor_matmul(x, align_to_plates(self.A, 2, seq, depth), align_to_plates(self.B, 2, seq, depth))
         if self.bias is not None:
-            out = out + align_to_plates(self.bias, 1, seq)
+            out = out + align_to_plates(self.bias, 1, seq, depth)
         return out
 
-    def resolve_sequence_dims(self, per_datum_dims: int) -> int:
+    def resolve_sequence_dims(self, per_datum_dims: int, depth: int | None = None) -> int:
         """The per-datum dimensions to line the factors up with (see ``sequence_dims``).
 
         Parameters
@@ -296,6 +305,8 @@ class LowRankLinear(PyroModule):
         per_datum_dims : int
             What the current input implies when it carries no particle dimensions (``x.dim() - 2`` for features
             ``(N, ..., n)``); recorded when no vectorised plate is active, where it is exact.
+        depth : int, optional
+            :func:`vectorized_plate_depth`, if the caller has it already.
 
         Returns
         -------
@@ -310,7 +321,7 @@ class LowRankLinear(PyroModule):
         """
         if self.sequence_dims is not None:
             return self.sequence_dims
-        if not any(frame.vectorized and frame.dim is not None for frame in get_plates()):
+        if (vectorized_plate_depth() if depth is None else depth) == 0:
             self._inferred_sequence_dims = max(per_datum_dims, 0)
         elif self._inferred_sequence_dims is None:
             raise ValueError(
