@@ -39,10 +39,10 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_lowrank._validation import check_choice, check_rank
-from pyro_lowrank.nn.attention import LowRankMultiheadAttention
-from pyro_lowrank.nn.embedding import LowRankEmbedding
+from pyro_lowrank.nn.attention import LowRankMultiheadAttention, check_multihead_attention
+from pyro_lowrank.nn.embedding import LowRankEmbedding, check_embedding
 from pyro_lowrank.nn.linear import LowRankLinear
-from pyro_lowrank.nn.lstm import LowRankLSTM
+from pyro_lowrank.nn.lstm import LowRankLSTM, check_lstm
 from pyro_lowrank.nn.point_estimates import to_point_estimates_
 
 __all__ = ["LOW_RANK_TYPES", "SUPPORTED_TYPES", "RankSpec", "lowrankify"]
@@ -116,25 +116,20 @@ def _check_rank_value(value: Any, name: str) -> int | float:
 
 
 def _check_convertible(name: str, module: nn.Module) -> None:
-    """Raise ``ValueError`` for a supported type in a configuration we cannot factorise (the same checks for
-    ``init="svd"`` and ``init="random"``)."""
+    """Raise ``ValueError`` for a supported type in a configuration we cannot factorise: the layer classes' own
+    checks (the same for ``init="svd"`` and ``init="random"``), with the module's name and a way out."""
     where = f"'{name}'" if name else "the module"
-    hint = f"; leave it deterministic with exclude=[{name!r}]"
-    if isinstance(module, nn.LSTM) and (module.bidirectional or module.proj_size > 0):
-        raise ValueError(
-            f"lowrankify cannot convert {where} ({module!r}): only unidirectional nn.LSTM without projections "
-            f"(bidirectional=False, proj_size=0) is supported{hint}"
-        )
-    if isinstance(module, nn.MultiheadAttention) and (module.bias_k is not None or module.add_zero_attn):
-        raise ValueError(f"lowrankify cannot convert {where}: nn.MultiheadAttention with add_bias_kv or "
-                         f"add_zero_attn is not supported{hint}")
-    if isinstance(module, nn.Embedding) and (module.max_norm is not None or module.sparse
-                                             or module.scale_grad_by_freq):
-        raise ValueError(f"lowrankify cannot convert {where}: nn.Embedding with max_norm, sparse or "
-                         f"scale_grad_by_freq is not supported (got max_norm={module.max_norm}, "
-                         f"sparse={module.sparse}, scale_grad_by_freq={module.scale_grad_by_freq}){hint}")
     if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
         raise ValueError(f"{where} has uninitialised lazy parameters: run one forward pass before lowrankify")
+    check = {nn.LSTM: check_lstm, nn.MultiheadAttention: check_multihead_attention,
+             nn.Embedding: check_embedding}.get(next((t for t in SUPPORTED_TYPES if isinstance(module, t)), None))
+    if check is None:
+        return
+    try:
+        check(module)
+    except ValueError as err:
+        raise ValueError(f"lowrankify cannot convert {where}: {err}; leave it deterministic with "
+                         f"exclude=[{name!r}]") from err
 
 
 def _selected(name: str, patterns: tuple[str, ...]) -> bool:

@@ -28,7 +28,32 @@ from pyro_lowrank.distributions import FactorPrior
 from pyro_lowrank.guides.init import FactorInit, svd_init
 from pyro_lowrank.nn.linear import LowRankLinear, align_to_plates, vectorized_plate_depth
 
-__all__ = ["LowRankEmbedding", "gather_rows"]
+__all__ = ["LowRankEmbedding", "check_embedding", "gather_rows"]
+
+
+def check_embedding(embedding: nn.Module) -> None:
+    """Raise unless ``embedding`` is an ``nn.Embedding`` that a :class:`LowRankEmbedding` can replace.
+
+    Parameters
+    ----------
+    embedding : nn.Module
+        The module to check.
+
+    Raises
+    ------
+    TypeError
+        If it is not an ``nn.Embedding`` (``nn.EmbeddingBag`` included).
+    ValueError
+        If it uses ``max_norm``, ``sparse`` or ``scale_grad_by_freq`` (the factorised table has no such options).
+    """
+    if not isinstance(embedding, nn.Embedding):
+        raise TypeError(f"embedding must be a torch.nn.Embedding, got {type(embedding).__name__}")
+    if embedding.max_norm is not None or embedding.sparse or embedding.scale_grad_by_freq:
+        raise ValueError(
+            "LowRankEmbedding supports nn.Embedding without max_norm, sparse or scale_grad_by_freq, got "
+            f"max_norm={embedding.max_norm}, sparse={embedding.sparse}, "
+            f"scale_grad_by_freq={embedding.scale_grad_by_freq}"
+        )
 
 
 def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -145,18 +170,7 @@ class LowRankEmbedding(LowRankLinear):
         ValueError
             If it uses ``max_norm``, ``scale_grad_by_freq`` or ``sparse`` (not supported by the factorised table).
         """
-        if not isinstance(embedding, nn.Embedding):
-            raise TypeError(f"embedding must be a torch.nn.Embedding, got {type(embedding).__name__}")
-        for option, value, default in (
-            ("max_norm", embedding.max_norm, None),
-            ("scale_grad_by_freq", embedding.scale_grad_by_freq, False),
-            ("sparse", embedding.sparse, False),
-        ):
-            if value != default:
-                raise ValueError(
-                    f"LowRankEmbedding.from_embedding supports only nn.Embedding with {option}={default!r}, "
-                    f"got {option}={value!r}"
-                )
+        check_embedding(embedding)
         if "padding_idx" in kwargs:
             raise TypeError("padding_idx is copied from the embedding; do not pass it to from_embedding")
         weight = embedding.weight.detach()

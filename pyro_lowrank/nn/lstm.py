@@ -44,7 +44,7 @@ from pyro_lowrank.nn.linear import (
     strip_batch,
 )
 
-__all__ = ["LowRankLSTM"]
+__all__ = ["LowRankLSTM", "check_lstm"]
 
 _COPIED = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout")
 
@@ -69,6 +69,31 @@ def _dense_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     x2, tail, keep, length = fold_constant_batch(x, w.shape[:-2])
     out = x2 @ strip_batch(w, keep, length).transpose(-1, -2)
     return out.reshape(out.shape[:-2] + tail + (w.shape[-2],))
+
+
+def check_lstm(lstm: nn.Module) -> None:
+    """Raise unless ``lstm`` is an ``nn.LSTM`` that a :class:`LowRankLSTM` can replace.
+
+    Parameters
+    ----------
+    lstm : nn.Module
+        The module to check.
+
+    Raises
+    ------
+    TypeError
+        If it is not an ``nn.LSTM``.
+    ValueError
+        If it is bidirectional or has projections (``proj_size > 0``).
+    """
+    if not isinstance(lstm, nn.LSTM):
+        raise TypeError(f"lstm must be a torch.nn.LSTM, got {type(lstm).__name__}")
+    if lstm.bidirectional:
+        raise ValueError("lstm must be unidirectional: LowRankLSTM supports bidirectional=False only, "
+                         "got bidirectional=True")
+    if lstm.proj_size > 0:
+        raise ValueError(f"lstm must have no projections: LowRankLSTM supports proj_size=0 only, "
+                         f"got proj_size={lstm.proj_size}")
 
 
 class LowRankLSTM(PyroModule):
@@ -206,14 +231,7 @@ class LowRankLSTM(PyroModule):
             For ``bidirectional=True`` or ``proj_size > 0`` (not supported), ranks out of range, or ``kwargs`` that
             would override a setting copied from ``lstm``.
         """
-        if not isinstance(lstm, nn.LSTM):
-            raise TypeError(f"lstm must be a torch.nn.LSTM, got {type(lstm).__name__}")
-        if lstm.bidirectional:
-            raise ValueError("lstm must be unidirectional: LowRankLSTM supports bidirectional=False only, "
-                             "got bidirectional=True")
-        if lstm.proj_size > 0:
-            raise ValueError(f"lstm must have no projections: LowRankLSTM supports proj_size=0 only, "
-                             f"got proj_size={lstm.proj_size}")
+        check_lstm(lstm)
         clashes = sorted(set(kwargs) & set(_COPIED))
         if clashes:
             raise ValueError(f"{clashes} are copied from lstm and cannot be passed to from_lstm")
