@@ -26,7 +26,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from pyro_lowrank._validation import check_finite, check_positive_int, check_rank
+from pyro_lowrank._validation import check_positive_int, check_rank
 from pyro_lowrank.distributions import FactorPrior
 from pyro_lowrank.nn.linear import LowRankLinear
 from pyro_lowrank.nn.lstm import LowRankLSTM
@@ -193,30 +193,10 @@ class LowRankLSTMForecaster(SupervisedModel):
                                  f"got {tuple(y.shape)}")
 
     def check_data(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        """Validate a dataset once (``fit`` calls this): shapes, floating targets, finite values."""
-        self._check_shapes(x, y)
-        check_finite(x, "x")
-        if y is not None:
-            if not y.dtype.is_floating_point:
-                raise ValueError(f"y must be real-valued (a floating dtype) for a Gaussian likelihood, got {y.dtype}")
-            check_finite(y, "y")
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor | None = None,
-        *,
-        num_data: int | None = None,
-        subsample_size: int | None = None,
-    ) -> torch.Tensor:
-        """Forecast from windows ``x`` (N, L, input_size) and observe ``y`` inside the data plate; returns ``f``.
-
-        The shapes are checked, then :meth:`SupervisedModel.forward` runs the network and the likelihood.
-        ``num_data``: ``x`` is a minibatch of a dataset of this size (likelihood scaled by N / B);
-        ``subsample_size``: the plate draws a random minibatch of ``x``; neither: ``x`` is the whole dataset.
-        """
-        self._check_shapes(x, y)
-        return super().forward(x, y, num_data=num_data, subsample_size=subsample_size)
+        """Validate a dataset once (``fit`` calls this): shapes, finite values and floating targets."""
+        super().check_data(x, y)
+        if y is not None and not y.dtype.is_floating_point:
+            raise ValueError(f"y must be real-valued (a floating dtype) for a Gaussian likelihood, got {y.dtype}")
 
     def extra_repr(self) -> str:
         return f"horizon={self.horizon}, learn_noise={self.likelihood.learn_noise}"

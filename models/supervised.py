@@ -68,18 +68,22 @@ class SupervisedModel(PyroModule):
         self.network = network
         self.likelihood = make_likelihood(likelihood, num_classes or 1, **kwargs)
 
-    def check_data(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        """Validate a dataset once (``fit`` calls this): one target per input row, finite float inputs, and target
-        values in the likelihood's support."""
+    def _check_shapes(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """Shape checks run by :meth:`check_data` and on every call: a data dimension first and one target per input
+        row. Models with other layouts (sequences, several outputs per datum) override this."""
         if x.dim() == 0:
             raise ValueError(f"x must have a data dimension first, got a scalar of shape {tuple(x.shape)}")
+        if y is not None and y.shape != x.shape[:1]:
+            raise ValueError(f"y must have shape {tuple(x.shape[:1])} to match x of shape {tuple(x.shape)}, "
+                             f"got {tuple(y.shape)}")
+
+    def check_data(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """Validate a dataset once (``fit`` calls this): shapes, finite float inputs and targets, and target values
+        in the likelihood's support."""
+        self._check_shapes(x, y)
         if x.dtype.is_floating_point:
             check_finite(x, "x")
         if y is not None:
-            expected = x.shape[:1]
-            if y.shape != expected:
-                raise ValueError(f"y must have shape {tuple(expected)} to match x of shape {tuple(x.shape)}, "
-                                 f"got {tuple(y.shape)}")
             if y.dtype.is_floating_point:
                 check_finite(y, "y")
             self.likelihood.check_targets(y)
@@ -93,8 +97,7 @@ class SupervisedModel(PyroModule):
         subsample_size: int | None = None,
     ) -> torch.Tensor:
         """Run the network on ``x`` and observe ``y`` inside the data plate; returns ``f``."""
-        if y is not None and y.shape[:1] != x.shape[:1]:
-            raise ValueError(f"y must have {x.shape[0]} rows to match x, got shape {tuple(y.shape)}")
+        self._check_shapes(x, y)
         plate, x, y = data_plate(x, y, num_data, subsample_size)
         f = self.likelihood.link_input(self.network(x))
         with plate:
