@@ -28,14 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", default=None, help="also write the formatted results to this file")
     compare.add_argument("--quiet", action="store_true", help="no progress bars")
     experiment = sub.add_parser(
-        "experiment", help="a paper experiment with every compared method: heart (population shift) or uci "
-                           "(regression benchmark); writes results.json, results.md and figures")
-    experiment.add_argument("name", choices=["heart", "uci"], help="which experiment")
+        "experiment", help="a paper experiment with every compared method: heart (population shift), pm25 (LSTM, "
+                           "city shift), sst2 (Transformer, AG News OOD) or uci (regression benchmark); writes "
+                           "results.json, results.md and figures")
+    experiment.add_argument("name", choices=["heart", "pm25", "sst2", "uci"], help="which experiment")
     experiment.add_argument("--smoke", action="store_true",
-                            help="tiny run: 1 seed, 2 epochs, 8 draws, 2 UCI splits of the first 2 datasets "
-                                 "(explicit options still win)")
+                            help="tiny run: 1 seed, 2 epochs (sst2: 1), 8 draws, 2 UCI splits of the first 2 "
+                                 "datasets, every 50th PM2.5 window, a 1-layer d=32 Transformer on 600 SST-2 "
+                                 "sentences (explicit options still win)")
     experiment.add_argument("--seeds", type=int, nargs="+", default=None,
-                            help="training seeds (default: heart 0 1 2 3 4, uci 0)")
+                            help="training seeds (default: heart 0 1 2 3 4, pm25 0 1 2, sst2 0, uci 0)")
     experiment.add_argument("--data-seed", type=int, default=None,
                             help="heart: one fixed train/val/test split for every seed (default: each seed draws "
                                  "its own split)")
@@ -46,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
                             help="predictive draws per evaluation set (default: heart 512, uci 100)")
     experiment.add_argument("--datasets", default=None, help="uci: comma-separated dataset names (default: all)")
     experiment.add_argument("--splits", type=int, default=None, help="uci: use the first K splits (default: all)")
+    experiment.add_argument("--train-stride", type=int, default=None,
+                            help="pm25: keep every k-th training window (default 2)")
+    experiment.add_argument("--eval-stride", type=int, default=None,
+                            help="pm25: keep every k-th validation/test/target window (default 2)")
+    experiment.add_argument("--train-size", type=int, default=None,
+                            help="sst2: a random subset of this many training sentences (default: all)")
+    experiment.add_argument("--val-size", type=int, default=None,
+                            help="sst2: training sentences held out for early stopping (default 2000)")
+    experiment.add_argument("--ood-size", type=int, default=None,
+                            help="sst2: a random subset of this many AG News items (default: all 7600)")
+    for size in ("d-model", "num-layers", "num-heads", "dim-feedforward"):
+        experiment.add_argument(f"--{size}", type=int, default=None,
+                                help=f"sst2: encoder {size.replace('-', '_')} (default: the paper's)")
     experiment.add_argument("--root", default=None,
                             help="data root (default: $PYRO_LOWRANK_DATA, else the user cache folder)")
     experiment.add_argument("--out", default=None, help="output folder (default: experiment-<name>)")
@@ -63,12 +78,15 @@ def _experiment_kwargs(args: argparse.Namespace) -> dict:
     from .experiments.runner import check_seeds, resolve_methods
     from .experiments.uci import UCI_DEFAULTS, resolve_datasets
 
+    from .experiments.pm25 import PM25_DEFAULTS
+    from .experiments.sst2 import SST2_DEFAULTS
+
     smoke = args.smoke
-    seeds = args.seeds if args.seeds is not None else (
-        [0] if smoke else list(HEART_DEFAULTS["seeds"] if args.name == "heart" else UCI_DEFAULTS["seeds"]))
+    default_seeds = {"heart": HEART_DEFAULTS, "pm25": PM25_DEFAULTS, "sst2": SST2_DEFAULTS, "uci": UCI_DEFAULTS}
+    seeds = args.seeds if args.seeds is not None else ([0] if smoke else list(default_seeds[args.name]["seeds"]))
     kwargs: dict = {"methods": resolve_methods(args.methods, DEFAULT_METHODS), "seeds": check_seeds(seeds),
                     "root": args.root, "device": args.device, "progress": not args.quiet}
-    epochs = args.epochs if args.epochs is not None else (2 if smoke else None)
+    epochs = args.epochs if args.epochs is not None else ((1 if args.name == "sst2" else 2) if smoke else None)
     samples = args.num_samples if args.num_samples is not None else (8 if smoke else None)
     if epochs is not None:
         kwargs["num_epochs"] = check_positive_int(epochs, "--epochs")
@@ -81,6 +99,31 @@ def _experiment_kwargs(args: argparse.Namespace) -> dict:
         kwargs["splits"] = None if splits is None else check_positive_int(splits, "--splits")
     elif args.datasets is not None or args.splits is not None:
         raise ValueError(f"--datasets and --splits apply to the uci experiment only, got them with {args.name!r}")
+    owned = {"pm25": ("train_stride", "eval_stride"),
+             "sst2": ("train_size", "val_size", "ood_size", "d_model", "num_layers", "num_heads", "dim_feedforward")}
+    for name, options in owned.items():
+        given = [o for o in options if getattr(args, o) is not None]
+        if given and args.name != name:
+            raise ValueError(f"{', '.join('--' + o.replace('_', '-') for o in given)} apply to the {name} experiment "
+                             f"only, got them with {args.name!r}")
+    if args.name == "pm25":
+        for option, smoke_value in (("train_stride", 50), ("eval_stride", 20)):
+            value = getattr(args, option) if getattr(args, option) is not None else (smoke_value if smoke else None)
+            if value is not None:
+                kwargs[option] = check_positive_int(value, "--" + option.replace("_", "-"))
+    if args.name == "sst2":
+        smoke_values = {"train_size": 600, "val_size": 200, "ood_size": 200}
+        for option in ("train_size", "val_size", "ood_size"):
+            value = getattr(args, option) if getattr(args, option) is not None else (
+                smoke_values[option] if smoke else None)
+            if value is not None:
+                kwargs[option] = (check_positive_int(value, "--" + option.replace("_", "-"))
+                                  if option != "val_size" or value != 0 else 0)
+        smoke_sizes = {"d_model": 32, "num_layers": 1, "num_heads": 2, "dim_feedforward": 64}
+        sizes = {k: getattr(args, k) if getattr(args, k) is not None else (smoke_sizes[k] if smoke else None)
+                 for k in smoke_sizes}
+        kwargs["sizes"] = {k: check_positive_int(v, "--" + k.replace("_", "-")) for k, v in sizes.items()
+                           if v is not None}
     if args.data_seed is not None:
         if args.name != "heart":
             raise ValueError(f"--data-seed applies to the heart experiment only, got it with {args.name!r}")

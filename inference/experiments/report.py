@@ -5,9 +5,10 @@ r"""Write an experiment's results: ``results.json``, ``results.md`` and figures.
   environment (Python, torch and Pyro versions, CPU and GPU names) and the wall time. Non-finite numbers (e.g. the MI
   ratio of a single-draw method, 0/0) are written as ``null`` so the file is strict JSON.
 * ``results.md``: markdown tables of mean ± s.e. per method (heart: source test / shifted hospitals / OOD detection;
-  uci: one table per dataset).
+  pm25: source test / target city / shift detection; sst2: dev / AG News OOD; uci: one table per dataset).
 * figures: ``reliability_test.png`` and ``reliability_shift.png`` (reliability diagrams of the first seed, 15 bins)
-  for heart, and a bar chart ``bars.png`` / ``bars_<dataset>.png`` of the main metrics per method with s.e. bars.
+  for heart (sst2: the test set only, AG News has no SST-2 labels), and a bar chart ``bars.png`` /
+  ``bars_<dataset>.png`` (uci) of the main metrics per method with s.e. bars.
 """
 
 from __future__ import annotations
@@ -54,8 +55,32 @@ COLUMNS: dict[str, list[tuple[str, list[tuple[str, str, str]]]]] = {
                     ("mpiw", "MPIW", ".3f"), ("noise_scale", "noise σ (std. units)", ".3f"),
                     ("parameters", "parameters", ".0f"), ("train_seconds", "train s", ".1f")]),
     ],
+    "pm25": [
+        ("Source city test (Beijing 2015), µg/m³", [("mae", "MAE", ".2f"), ("rmse", "RMSE", ".2f"),
+                                                    ("test_ll", "test LL", ".3f"), ("picp", "PICP@95", ".3f"),
+                                                    ("mpiw", "MPIW", ".1f"), ("mae_at_90", "MAE@90%", ".2f"),
+                                                    ("mae_at_80", "MAE@80%", ".2f")]),
+        ("Shifted city (Guangzhou 2015), µg/m³", [("shift_mae", "MAE", ".2f"), ("shift_rmse", "RMSE", ".2f"),
+                                                  ("shift_test_ll", "test LL", ".3f"), ("shift_picp", "PICP@95", ".3f"),
+                                                  ("shift_mpiw", "MPIW", ".1f")]),
+        ("Shift detection by predictive standard deviation (shift positive)",
+         [("ood_auroc", "AUROC-OOD", ".3f"), ("ood_aupr_ood", "AUPR-OOD", ".3f"), ("ood_aupr_in", "AUPR-In", ".3f"),
+          ("ood_std_ratio", "std ratio", ".2f"), ("parameters", "parameters", ".0f"),
+          ("train_seconds", "train s", ".1f")]),
+    ],
+    "sst2": [
+        ("SST-2 dev", [("accuracy", "accuracy", ".3f"), ("nll", "NLL", ".3f"), ("ece", "ECE", ".3f"),
+                       ("brier", "Brier", ".3f")]),
+        ("AG News as OOD, by mutual information (OOD positive)",
+         [("ood_auroc", "AUROC-OOD", ".3f"), ("ood_aupr_ood", "AUPR-OOD", ".3f"), ("ood_aupr_in", "AUPR-In", ".3f"),
+          ("ood_mi_ratio", "MI ratio", ".2f"), ("parameters", "parameters", ".0f"),
+          ("train_seconds", "train s", ".1f")]),
+    ],
 }
-_BARS = {"heart": [("auroc", "AUROC (test)"), ("nll", "NLL (test)"), ("ece", "ECE (test)"),
+_BARS = {"pm25": [("mae", "MAE (test)"), ("picp", "PICP@95 (test)"), ("shift_mae", "MAE (shift)"),
+                  ("ood_auroc", "AUROC-OOD (std)")],
+         "sst2": [("accuracy", "accuracy"), ("nll", "NLL"), ("ece", "ECE"), ("ood_auroc", "AUROC-OOD (MI)")],
+         "heart": [("auroc", "AUROC (test)"), ("nll", "NLL (test)"), ("ece", "ECE (test)"),
                    ("shift_nll", "NLL (shift)"), ("ood_auroc", "AUROC-OOD (MI)")],
          "uci": [("rmse", "RMSE"), ("test_ll", "test log-likelihood"), ("picp", "PICP@95")]}
 
@@ -170,19 +195,20 @@ def write_report(result: ExperimentResult, out_dir: str | os.PathLike, *, comman
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "results.md"}
-    paths["json"].write_text(json.dumps(to_json(result, command, device), indent=2, allow_nan=False) + "\n")
+    paths["json"].write_text(json.dumps(to_json(result, command, device), indent=2, allow_nan=False, default=repr)
+                             + "\n")  # settings may hold objects (an architecture): their repr
     paths["markdown"].write_text(format_markdown(result))
     metrics = _BARS.get(result.experiment, _BARS["uci"])
     for task in dict.fromkeys(a["task"] for a in result.aggregates):
         aggregates = [a for a in result.aggregates if a["task"] == task]
-        name = "bars" if result.experiment == "heart" else f"bars_{task}"
+        name = f"bars_{task}" if result.experiment == "uci" else "bars"
         fig = metric_bar_chart(aggregates, metrics, title=f"{result.experiment}: {task}")
         paths[name] = out / f"{name}.png"
         fig.savefig(paths[name], dpi=100)
         draws = result.draws.get(task, {})
-        if result.experiment == "heart" and draws:
+        if result.experiment in ("heart", "sst2") and draws:
             for split in ("test", "shift"):
-                probs = {m: d[split] for m, d in draws.items() if split in d}
+                probs = {m: d[split] for m, d in draws.items() if split in d and f"y_{split}" in d}
                 if probs:
                     labels = next(d[f"y_{split}"] for d in draws.values() if split in d)
                     fig = reliability_diagram(probs, labels, num_bins=15)

@@ -21,9 +21,13 @@ points in :math:`[10^{-3}, 10]`), the validation mixture NLL; this is the standa
 (Gal & Ghahramani's :math:`\tau` grid) applied to every method alike. Draws are mapped to original units,
 :math:`\mu' = \bar y + s_y\mu`, :math:`\sigma' = s_y\sigma`, before scoring, so that
 :math:`\mathrm{RMSE}' = s_y\,\mathrm{RMSE}_z`, :math:`\mathrm{NLL}' = \mathrm{NLL}_z + \log s_y` and
-:math:`\mathrm{MPIW}' = s_y\,\mathrm{MPIW}_z` (PICP is unchanged). Reported: ``rmse``, ``test_ll``
+:math:`\mathrm{MPIW}' = s_y\,\mathrm{MPIW}_z` (PICP is unchanged). Reported: ``rmse``, ``mae``, ``test_ll``
 :math:`= -\mathrm{NLL}'` (Gaussian mixture over draws), ``picp`` and ``mpiw`` of the 95% interval
-:math:`\hat y_i \pm 1.96\hat\sigma_i` and the noise ``noise_scale`` (standardised units) used for the draws.
+:math:`\hat y_i \pm 1.96\hat\sigma_i` and the noise ``noise_scale`` (standardised units) used for the draws; selective prediction ``mae_at_90``, ``mae_at_80``: the MAE on the 90 % / 80 %
+of inputs with the smallest predictive standard deviation (:func:`predictive_std`). With a shifted set (the PM2.5
+target city) the same metrics prefixed ``shift_`` and OOD detection of shifted inputs by the predictive standard
+deviation (``ood_auroc``, ``ood_aupr_ood``, ``ood_aupr_in``, ``ood_std_ratio``; one draw gives a constant score and
+AUROC 0.5).
 
 **Aggregation** (:func:`aggregate`): per group, the mean :math:`\bar m` and the standard error
 :math:`\mathrm{s.e.} = \mathrm{sd}/\sqrt n` (sample standard deviation, ``ddof=1``; NaN for ``n = 1``).
@@ -36,6 +40,7 @@ re-seeding with the same seed, so a run's numbers depend only on the task, the c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import random
@@ -50,13 +55,15 @@ import pyro
 import torch
 from tqdm import tqdm
 
-from pyro_lowrank.metrics import (accuracy, brier_score, expected_calibration_error, gaussian_mixture_nll, mpiw,
-                                  negative_log_likelihood, ood_detection, picp, rmse)
+from pyro_lowrank.metrics import (accuracy, brier_score, expected_calibration_error, gaussian_mixture_nll, mae, mpiw,
+                                  negative_log_likelihood, ood_detection, ood_detection_from_scores, picp,
+                                  regression_predictive_moments, rmse, selective_prediction)
 
 from ..methods import available_methods, make_method
 
-__all__ = ["ExperimentResult", "TaskData", "aggregate", "check_seeds", "classification_metrics", "regression_metrics",
-           "resolve_methods", "run_task", "seeded", "tune_noise_scale"]
+__all__ = ["ExperimentResult", "TaskData", "aggregate", "check_seeds", "classification_metrics", "predictive_std",
+           "regression_metrics", "resolve_methods", "run_task", "seeded", "selective_regression_metrics",
+           "tune_noise_scale"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +71,8 @@ Data = tuple[torch.Tensor, torch.Tensor]
 TASK_KINDS = ("classification", "regression")
 NUM_BINS = 15
 NOISE_GRID = torch.logspace(-3, 1, 121, dtype=torch.float64)
+#: Retention fractions of the selective-prediction MAE (the paper's 100/90/80 %).
+RETENTION = (0.9, 0.8)
 #: Row keys that describe a run rather than measure it (not aggregated).
 ID_KEYS = ("experiment", "task", "method", "seed", "split", "data_seed", "n_hidden", "n_epochs")
 
@@ -82,7 +91,10 @@ class TaskData:
     val : (x, y), optional
         Validation data (early stopping, Laplace prior tuning, noise tuning).
     shift : (x, y), optional
-        Shifted-population data (classification).
+        Shifted-population data (the other hospitals, the target city) or out-of-distribution inputs.
+    shift_labelled : bool
+        Whether ``shift``'s y are targets of the same task (metrics prefixed ``shift_`` are then computed); False
+        for OOD inputs from another task (AG News for SST-2): only the OOD-detection metrics use them.
     num_classes : int, optional
         C (classification).
     y_mean, y_std : float
@@ -97,6 +109,7 @@ class TaskData:
     test: Data
     val: Data | None = None
     shift: Data | None = None
+    shift_labelled: bool = True
     num_classes: int | None = None
     y_mean: float = 0.0
     y_std: float = 1.0
@@ -120,8 +133,8 @@ class TaskData:
         if device is None:
             return self
         move = lambda d: None if d is None else (d[0].to(device), d[1].to(device))  # noqa: E731
-        return TaskData(self.name, self.kind, move(self.train), move(self.test), move(self.val), move(self.shift),
-                        self.num_classes, self.y_mean, self.y_std, dict(self.info))
+        return dataclasses.replace(self, train=move(self.train), test=move(self.test), val=move(self.val),
+                                   shift=move(self.shift), info=dict(self.info))
 
 
 @dataclass
@@ -253,10 +266,29 @@ def regression_metrics(draws: dict[str, torch.Tensor], y: torch.Tensor, y_mean: 
     target = y_mean + y_std * y.to(torch.float64)
     return {
         "rmse": rmse(mean, target),
+        "mae": mae(mean, target),
         "test_ll": -gaussian_mixture_nll(mean, scale, target),
         "picp": picp(mean, scale, target, level=0.95),
         "mpiw": mpiw(mean, scale, level=0.95),
     }
+
+
+def predictive_std(draws: dict[str, torch.Tensor]) -> torch.Tensor:
+    r"""Per-input standard deviation of the equal-weight Gaussian mixture of the draws,
+    :math:`\sqrt{\frac1S\sum_s \sigma_{s,i}^2 + \frac1S\sum_s(\mu_{s,i} - \bar\mu_i)^2}` (0 spread for one
+    draw), the regression uncertainty score."""
+    _, var = regression_predictive_moments(draws["mean"].to(torch.float64), draws["scale"].to(torch.float64))
+    return var.sqrt()
+
+
+def selective_regression_metrics(draws: dict[str, torch.Tensor], y: torch.Tensor, y_mean: float = 0.0,
+                                 y_std: float = 1.0) -> dict[str, float]:
+    r"""MAE (original units) of the predictive mean on the :data:`RETENTION` fractions of inputs with the smallest
+    :func:`predictive_std`, keyed ``mae_at_90`` etc. (ties broken in expectation, so a constant score gives the
+    plain MAE: :func:`pyro_lowrank.metrics.selective_prediction`)."""
+    error = (y_std * (draws["mean"].to(torch.float64).mean(0) - y.to(torch.float64))).abs()
+    score = predictive_std(draws)
+    return {f"mae_at_{round(100 * r)}": selective_prediction(error, score, retention=r) for r in RETENTION}
 
 
 def _evaluate(method: Any, task: TaskData, num_samples: int, seed: int, tune_noise: bool
@@ -269,19 +301,35 @@ def _evaluate(method: Any, task: TaskData, num_samples: int, seed: int, tune_noi
         draws: dict[str, Any] = {"test": test["probs"].cpu(), "y_test": y_test.cpu()}
         if task.shift is not None:
             shift = method.predictive_draws(task.shift[0], num_samples)
-            metrics.update(classification_metrics(shift["probs"], task.shift[1], prefix="shift_"))
+            if task.shift_labelled:
+                metrics.update(classification_metrics(shift["probs"], task.shift[1], prefix="shift_"))
             ood = ood_detection(test["probs"], shift["probs"])
             metrics.update({"ood_auroc": ood["auroc"], "ood_aupr_ood": ood["aupr_ood"],
                             "ood_aupr_in": ood["aupr_in"], "ood_mi_ratio": ood["score_ratio"]})
-            draws.update(shift=shift["probs"].cpu(), y_shift=task.shift[1].cpu())
+            draws["shift"] = shift["probs"].cpu()
+            if task.shift_labelled:
+                draws["y_shift"] = task.shift[1].cpu()
         return metrics, draws
+    shift = method.predictive_draws(task.shift[0], num_samples) if task.shift is not None else None
     noise = float(test["scale"].flatten()[0]) if test["scale"].numel() else math.nan
     if tune_noise and task.val is not None:
         noise = tune_noise_scale(method.predictive_draws(task.val[0], num_samples)["mean"], task.val[1])
         test = {"mean": test["mean"], "scale": torch.full_like(test["mean"], noise)}
+        if shift is not None:
+            shift = {"mean": shift["mean"], "scale": torch.full_like(shift["mean"], noise)}
     metrics = regression_metrics(test, y_test, task.y_mean, task.y_std)
+    metrics.update(selective_regression_metrics(test, y_test, task.y_mean, task.y_std))
     metrics["noise_scale"] = noise
-    return metrics, {"test": {k: v.cpu() for k, v in test.items()}}
+    draws: dict[str, Any] = {"test": {k: v.cpu() for k, v in test.items()}}
+    if shift is not None:
+        if task.shift_labelled:
+            shifted = regression_metrics(shift, task.shift[1], task.y_mean, task.y_std)
+            metrics.update({f"shift_{k}": v for k, v in shifted.items()})
+        ood = ood_detection_from_scores(predictive_std(test), predictive_std(shift))
+        metrics.update({"ood_auroc": ood["auroc"], "ood_aupr_ood": ood["aupr_ood"], "ood_aupr_in": ood["aupr_in"],
+                        "ood_std_ratio": ood["score_ratio"]})
+        draws["shift"] = {k: v.cpu() for k, v in shift.items()}
+    return metrics, draws
 
 
 def run_task(

@@ -26,6 +26,7 @@ from pyro_lowrank._validation import check_choice, check_positive, check_positiv
 from pyro_lowrank.predictive import predict
 
 from ..fit import fit
+from .architecture import Architecture, MLPArchitecture
 
 __all__ = ["LIKELIHOODS", "Method", "PyroMethod", "count_parameters", "outputs_to_draws"]
 
@@ -67,10 +68,13 @@ class Method(abc.ABC):
 
     Parameters
     ----------
-    in_features : int
-        Input width.
-    hidden_features : sequence of int
-        Hidden widths of the MLP every method is built on.
+    in_features : int, optional
+        Input width of the MLP every method is built on (with ``hidden_features``).
+    hidden_features : sequence of int, optional
+        Hidden widths of that MLP.
+    architecture : Architecture, optional
+        Instead of ``in_features``/``hidden_features``: the network every method is built on (an LSTM, a
+        Transformer, ...; see :mod:`.architecture`). Methods that cannot handle it raise ``NotImplementedError``.
     likelihood : {"categorical", "gaussian"}
         Classification or regression.
     num_classes : int, optional
@@ -84,6 +88,9 @@ class Method(abc.ABC):
         validation loss (Pyro methods: predictive NLL; torch-trained networks: their training loss, i.e. NLL or
         MSE). With ``val`` the best epoch's state is restored even when ``patience`` is None; without ``val`` it is
         ignored and every method trains for ``num_epochs``.
+    predict_batch_size : int, optional
+        :meth:`predictive_draws` evaluates the inputs in chunks of this size (bounded memory; each chunk gets its
+        own weight draws, which leaves every input's S-draw predictive distribution unchanged in law).
     seed : int
         Seed of initialisation and minibatch order (reproducible on CPU).
     progress : bool
@@ -99,9 +106,10 @@ class Method(abc.ABC):
 
     def __init__(
         self,
-        in_features: int,
-        hidden_features: Sequence[int],
+        in_features: int | None = None,
+        hidden_features: Sequence[int] | None = None,
         *,
+        architecture: Architecture | None = None,
         likelihood: str = "categorical",
         num_classes: int | None = None,
         noise_scale: float = 1.0,
@@ -109,11 +117,23 @@ class Method(abc.ABC):
         batch_size: int = 128,
         lr: float = 1e-3,
         patience: int | None = None,
+        predict_batch_size: int | None = None,
         seed: int = 0,
         progress: bool = False,
     ) -> None:
-        self.in_features = check_positive_int(in_features, "in_features")
-        self.hidden_features = [check_positive_int(h, "hidden_features") for h in hidden_features]
+        if architecture is None:
+            if in_features is None or hidden_features is None:
+                raise ValueError("give in_features and hidden_features (an MLP) or an architecture, got "
+                                 f"in_features={in_features!r}, hidden_features={hidden_features!r}")
+            architecture = MLPArchitecture(in_features, hidden_features)
+        elif in_features is not None or hidden_features is not None:
+            raise ValueError("give either an architecture or in_features/hidden_features, not both")
+        if not isinstance(architecture, Architecture):
+            raise TypeError(f"architecture must be an Architecture, got {type(architecture).__name__}")
+        self.architecture = architecture
+        self.is_mlp = isinstance(architecture, MLPArchitecture)
+        self.in_features = architecture.in_features if self.is_mlp else None
+        self.hidden_features = architecture.hidden_features if self.is_mlp else None
         self.likelihood = check_choice(likelihood, "likelihood", LIKELIHOODS)
         if self.likelihood == "categorical":
             if num_classes is None:
@@ -130,6 +150,8 @@ class Method(abc.ABC):
         check_positive(lr, "lr")
         self.lr = float(lr)
         self.patience = None if patience is None else check_positive_int(patience, "patience")
+        self.predict_batch_size = (None if predict_batch_size is None
+                                   else check_positive_int(predict_batch_size, "predict_batch_size"))
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}")
         self.seed = seed
@@ -145,12 +167,17 @@ class Method(abc.ABC):
         return self.num_classes if self.likelihood == "categorical" else 1
 
     def _check_inputs(self, x: object, name: str) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor of shape (N, {self.in_features}), got "
-                             f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
-        if x.dim() != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"{name} must have shape (N, {self.in_features}), got {tuple(x.shape)}")
-        return x
+        return self.architecture.check_inputs(x, name)
+
+    def build_network(self, *, dropout: float = 0.0) -> nn.Module:
+        """A fresh torch network of the shared architecture with this task's outputs, on the training device."""
+        return self.place(self.architecture.network(self.out_features, dropout=dropout))
+
+    def _mlp_only(self, what: str) -> None:
+        """Raise ``NotImplementedError`` unless the architecture is an MLP (``what``: the unsupported piece)."""
+        if not self.is_mlp:
+            raise NotImplementedError(f"{self.name}: {what} is implemented for MLP architectures only, got "
+                                      f"{self.architecture!r}")
 
     def _check_data(self, data: Data, name: str) -> Data:
         x, y = data
@@ -177,7 +204,9 @@ class Method(abc.ABC):
         train = self._check_data(train, "train")
         if val is not None:
             val = self._check_data(val, "val")
-        self.device, self.dtype = train[0].device, train[0].dtype
+        x = train[0]
+        self.device = x.device
+        self.dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
         self.training_seconds = float(self._fit(train, val))
         self._fitted = True
         logger.info("%s fitted in %.2f s (%d parameters)", self.name, self.training_seconds, self.num_parameters)
@@ -192,9 +221,14 @@ class Method(abc.ABC):
         if not self._fitted:
             raise RuntimeError(f"{self.name}: call fit(train, val) before predictive_draws")
         num_samples = check_positive_int(num_samples, "num_samples")
-        x = self._check_inputs(x, "x").to(device=self.device, dtype=self.dtype)
+        x = self._check_inputs(x, "x")
+        x = x.to(device=self.device, dtype=self.dtype) if x.is_floating_point() else x.to(self.device)
+        chunk = self.predict_batch_size or max(x.shape[0], 1)
         with torch.no_grad():
-            return self._predictive_draws(x, num_samples)
+            parts = [self._predictive_draws(x[i : i + chunk], num_samples) for i in range(0, x.shape[0], chunk)]
+        if len(parts) == 1:
+            return parts[0]
+        return {key: torch.cat([part[key] for part in parts], dim=1) for key in parts[0]}
 
     @property
     @abc.abstractmethod
@@ -214,7 +248,7 @@ class Method(abc.ABC):
         return outputs_to_draws(f, self.likelihood, self.noise_scale)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, hidden_features={self.hidden_features})"
+        return f"{type(self).__name__}(name={self.name!r}, architecture={self.architecture!r})"
 
 
 class PyroMethod(Method):

@@ -42,7 +42,7 @@ class Deterministic(Method):
 
     def _train_member(self, train: Data, val: Data | None, seed: int) -> tuple[DeterministicMLP, DeterministicFitResult]:
         torch.manual_seed(seed)
-        net = self.place(DeterministicMLP(self.in_features, self.hidden_features, self.out_features))
+        net = self.build_network()
         result = fit_deterministic(net, train, likelihood=self.likelihood, num_epochs=self.num_epochs,
                                    batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                                    seed=seed, progress=self.progress, **self._early_stopping(val))

@@ -110,7 +110,7 @@ class LastLayerLaplaceMethod(Method):
 
     def _fit(self, train: Data, val: Data | None) -> float:
         torch.manual_seed(self.seed)
-        net = self.place(DeterministicMLP(self.in_features, self.hidden_features, self.out_features))
+        net = self.build_network()
         self.fit_result = fit_deterministic(net, train, likelihood=self.likelihood, num_epochs=self.num_epochs,
                                             batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                                             seed=self.seed, progress=self.progress, **self._early_stopping(val))
@@ -146,3 +146,9 @@ class FullLaplaceMethod(LastLayerLaplaceMethod):
     """:class:`LastLayerLaplaceMethod` over all weights (``subset_of_weights="all"``, default diagonal GGN)."""
 
     subset_of_weights = "all"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # a GGN over every weight of a recurrent or attention network is beyond laplace-torch's Kronecker and
+        # diagonal backends (Linear/Conv layers only) and far beyond a dense P x P matrix
+        self._mlp_only("Laplace over all weights")

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from pyro_lowrank.models.mean_field import MeanFieldMLP
+from pyro_lowrank.models.supervised import SupervisedModel
+from pyro_lowrank.models.weight_space import MeanFieldNetwork, weight_space_guide
 from torch import nn
 
 from pyro_lowrank.guides import FactorGuide
@@ -29,21 +31,33 @@ class MeanFieldBBB(PyroMethod):
     ``init_scale_factor`` (eta: initial guide standard deviations are eta times the He init scale
     ``sqrt(2 / n_in)``), ``local_reparameterization`` (sample pre-activations instead of weights, in training and
     prediction; see :class:`~pyro_lowrank.models.MeanFieldMLP`).
+
+    Any other architecture: :class:`~pyro_lowrank.models.weight_space.MeanFieldNetwork` around its network (every
+    weight and bias of its Linear/LSTM/Embedding/attention layers Bayesian, N(0, prior_scale²) prior, sampled
+    weights, no local reparameterisation) with an ``AutoNormal`` guide started at the network's initialisation with
+    standard deviation ``guide_init_scale``; predictive draws run one forward pass per draw.
     """
 
     def __init__(self, *args: Any, prior_scale: float = 1.0, init_scale_factor: float = 0.01,
-                 local_reparameterization: bool = True, **kwargs: Any) -> None:
+                 local_reparameterization: bool = True, guide_init_scale: float = 1e-3, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.prior_scale = float(prior_scale)
         self.init_scale_factor = float(init_scale_factor)
         self.local_reparameterization = bool(local_reparameterization)
+        self.guide_init_scale = float(guide_init_scale)
 
-    def make_model(self) -> MeanFieldMLP:
-        return MeanFieldMLP(self.in_features, self.hidden_features, likelihood=self.likelihood,
-                            num_classes=self.num_classes, noise_scale=self.noise_scale, prior_scale=self.prior_scale,
-                            init_scale_factor=self.init_scale_factor,
-                            local_reparameterization=self.local_reparameterization)
+    def make_model(self) -> nn.Module:
+        if self.is_mlp:
+            return MeanFieldMLP(self.in_features, self.hidden_features, likelihood=self.likelihood,
+                                num_classes=self.num_classes, noise_scale=self.noise_scale,
+                                prior_scale=self.prior_scale, init_scale_factor=self.init_scale_factor,
+                                local_reparameterization=self.local_reparameterization)
+        network = MeanFieldNetwork(self.architecture.network(self.out_features), prior_scale=self.prior_scale)
+        return SupervisedModel(network, likelihood=self.likelihood, num_classes=self.num_classes,
+                               noise_scale=self.noise_scale)
 
     def build(self, train: Data) -> tuple[nn.Module, nn.Module]:
         model = self.place(self.make_model())
-        return model, FactorGuide(model)
+        if self.is_mlp:
+            return model, FactorGuide(model)
+        return model, weight_space_guide(model, init_scale=self.guide_init_scale)

@@ -87,7 +87,7 @@ class SWAGMethod(Method):
 
     def _fit(self, train: Data, val: Data | None) -> float:
         torch.manual_seed(self.seed)
-        net = self.place(DeterministicMLP(self.in_features, self.hidden_features, self.out_features))
+        net = self.build_network()
         self.pretrain_result = fit_deterministic(net, train, likelihood=self.likelihood, num_epochs=self.num_epochs,
                                                  batch_size=self.batch_size, lr=self.lr, seed=self.seed,
                                                  progress=self.progress, **self._early_stopping(val))

@@ -49,7 +49,8 @@ __all__ = ["LOW_RANK_TYPES", "SUPPORTED_TYPES", "RankSpec", "lowrankify"]
 
 logger = logging.getLogger(__name__)
 
-RankSpec = Union[int, float, Mapping[str, Union[int, float]], Callable[[str, nn.Module], Union[int, float, None]]]
+RankValue = Union[int, float, tuple[Union[int, float], Union[int, float]]]
+RankSpec = Union[int, float, Mapping[str, RankValue], Callable[[str, nn.Module], Union[RankValue, None]]]
 
 #: torch module types that :func:`lowrankify` converts.
 SUPPORTED_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding, nn.LSTM, nn.MultiheadAttention)
@@ -109,9 +110,15 @@ def _rank_for(rank: RankSpec, name: str, module: nn.Module) -> int | float | Non
     return rank
 
 
-def _check_rank_value(value: Any, name: str) -> int | float:
+def _check_rank_value(value: Any, name: str, module: nn.Module) -> int | float | tuple[int | float, int | float]:
+    if isinstance(module, nn.LSTM) and isinstance(value, tuple):
+        if len(value) != 2:
+            raise ValueError(f"rank for the LSTM '{name}' as a tuple must be (rank_ih, rank_hh), got {value!r}")
+        return (_check_rank_value(value[0], name, nn.Identity()), _check_rank_value(value[1], name, nn.Identity()))
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"rank for '{name}' must be an int or a float fraction in (0, 1], got {value!r}")
+        raise ValueError(f"rank for '{name}' must be an int or a float fraction in (0, 1]"
+                         f"{' (or a pair (rank_ih, rank_hh) for an LSTM)' if isinstance(module, nn.LSTM) else ''}, "
+                         f"got {value!r}")
     return value if isinstance(value, numbers.Integral) else float(value)
 
 
@@ -139,13 +146,13 @@ def _selected(name: str, patterns: tuple[str, ...]) -> bool:
     return any(_matches(".".join(parts[:i]), patterns) for i in range(1, len(parts) + 1))
 
 
-def _convert(module: nn.Module, spec: int | float, name: str, init: str, kwargs: dict[str, Any]) -> nn.Module:
+def _convert(module: nn.Module, spec: int | float | tuple, name: str, init: str, kwargs: dict[str, Any]) -> nn.Module:
     """The low-rank Bayesian version of one supported module, on its device and dtype and in its train/eval mode."""
     new = _build(module, spec, name, init, kwargs)
     return new.train(module.training)
 
 
-def _build(module: nn.Module, spec: int | float, name: str, init: str, kwargs: dict[str, Any]) -> nn.Module:
+def _build(module: nn.Module, spec: int | float | tuple, name: str, init: str, kwargs: dict[str, Any]) -> nn.Module:
     svd = init == "svd"
     where = f"'{name}'" if name else "the module"
     weight = next(module.parameters())
@@ -164,8 +171,9 @@ def _build(module: nn.Module, spec: int | float, name: str, init: str, kwargs: d
         kwargs = {k: v for k, v in kwargs.items() if k != "sequence_dims"}
         four_h, hidden = 4 * module.hidden_size, module.hidden_size
         sizes = [module.input_size] + [hidden] * (module.num_layers - 1)
-        rank_ih = [_resolve_rank(spec, four_h, n, f"{where} (W_ih of layer {i})") for i, n in enumerate(sizes)]
-        rank_hh = [_resolve_rank(spec, four_h, hidden, f"{where} (W_hh of layer {i})") for i in range(len(sizes))]
+        spec_ih, spec_hh = spec if isinstance(spec, tuple) else (spec, spec)
+        rank_ih = [_resolve_rank(spec_ih, four_h, n, f"{where} (W_ih of layer {i})") for i, n in enumerate(sizes)]
+        rank_hh = [_resolve_rank(spec_hh, four_h, hidden, f"{where} (W_hh of layer {i})") for i in range(len(sizes))]
         if svd:
             return LowRankLSTM.from_lstm(module, rank_ih, rank_hh, **kwargs)
         new = LowRankLSTM(module.input_size, hidden, module.num_layers, rank_ih=rank_ih, rank_hh=rank_hh,
@@ -206,7 +214,9 @@ def lowrankify(
         ``ValueError`` names the module and the limit otherwise); a ``float`` in (0, 1] is a fraction of
         ``min(m, n)``, rounded up. A mapping ``{glob pattern: int or float}`` gives ranks by qualified module name
         (first matching pattern; modules matching none are left as they are); a callable ``(name, module) -> rank
-        or None`` decides per module (``None``: leave it).
+        or None`` decides per module (``None``: leave it). For an ``nn.LSTM`` the value may be a pair
+        ``(rank_ih, rank_hh)``: the ranks of every layer's input and recurrent gate matrices (the paper's
+        forecaster: ``(14, 20)``).
     init : {"svd", "random"}
         Factor means from the truncated SVD of the module's current weights (and bias means from its biases), or
         the layers' variance-matching random initialisation (a fresh Bayesian network of the same architecture).
@@ -307,7 +317,7 @@ def lowrankify(
                 f"supported types are {_supported_names()}. Leave it deterministic with exclude=[{name!r}]"
             )
         _check_convertible(name, sub)
-        spec = _check_rank_value(spec, name)
+        spec = _check_rank_value(spec, name, sub)
         kwargs = dict(layer_kwargs)
         if "prior" in kwargs and kwargs["prior"] is not None:
             kwargs["prior"] = copy.deepcopy(kwargs["prior"])

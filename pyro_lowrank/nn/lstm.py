@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_lowrank._validation import check_last_dim, check_positive, check_positive_int, check_rank
+from pyro_lowrank._validation import check_last_dim, check_positive_int, check_rank
 from pyro_lowrank.distributions import FactorPrior
 from pyro_lowrank.guides.init import svd_init
 from pyro_lowrank.nn import linear as _linear
@@ -117,8 +117,9 @@ class LowRankLSTM(PyroModule):
     prior : FactorPrior, optional
         Prior of every factor and bias entry; every submodule gets its own deep copy. Default
         ``GaussianPrior(prior_scale)``.
-    prior_scale : float
-        Standard deviation of the default Gaussian prior.
+    prior_scale : float or "matched"
+        Standard deviation of the default Gaussian prior; ``"matched"``: per gate matrix, the scale whose implied
+        prior on W has the variance of the matrix's variance-matching init (see :class:`LowRankLinear`).
     init_scale_factor : float
         eta: the guide's initial standard deviation is eta times the init's factor entry scale.
 
@@ -154,7 +155,7 @@ class LowRankLSTM(PyroModule):
         batch_first: bool = False,
         dropout: float = 0.0,
         prior: FactorPrior | None = None,
-        prior_scale: float = 1.0,
+        prior_scale: float | str = 1.0,
         init_scale_factor: float = 0.1,
     ) -> None:
         super().__init__()
@@ -166,7 +167,7 @@ class LowRankLSTM(PyroModule):
         if dropout > 0 and num_layers == 1:
             warnings.warn(f"dropout={dropout} acts between layers only and has no effect with num_layers=1",
                           UserWarning, stacklevel=2)
-        check_positive(prior_scale, "prior_scale")
+        # prior_scale (a positive float or "matched") is checked by every LowRankLinear below
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)

@@ -216,7 +216,7 @@ def test_bad_arguments_give_clear_errors(capsys):
     with pytest.raises(SystemExit):
         main(["experiment", "pm99"])
     assert "invalid choice: 'pm99'" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="name must be one of the experiments \\['heart', 'uci'\\], got 'pm99'"):
+    with pytest.raises(ValueError, match="name must be one of the experiments \\['heart', 'pm25', 'sst2', 'uci'\\], got 'pm99'"):
         run_experiment("pm99")
     with pytest.raises(SystemExit):
         main(["experiment", "heart", "--methods", "deterministic,nope", "--quiet"])

@@ -356,3 +356,16 @@ def test_converted_sequence_model_under_autonormal_and_vectorised_particles():
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-5:]) < sum(losses[:5])
     torch.testing.assert_close(guide.locs.network.head.B.detach().shape, torch.Size([12, 2]))
+
+
+def test_lstm_rank_pair_sets_input_and_recurrent_ranks_per_layer():
+    net = nn.Sequential()
+    net.add_module("lstm", nn.LSTM(15, 64, num_layers=2, batch_first=True))
+    converted = lowrankify(net, {"lstm": (14, 20)}, init="random")
+    assert converted.lstm.rank_ih == (14, 14) and converted.lstm.rank_hh == (20, 20)
+    with pytest.raises(ValueError, match=r"\(rank_ih, rank_hh\)"):
+        lowrankify(net, {"lstm": (14, 20, 3)}, init="random")
+    with pytest.raises(ValueError, match="rank for 'lstm'.*got 'x'"):
+        lowrankify(net, {"lstm": ("x", 20)}, init="random")
+    with pytest.raises(ValueError, match="rank for '0'"):
+        lowrankify(nn.Sequential(nn.Linear(3, 4)), {"0": (1, 2)}, init="random")
