@@ -115,6 +115,8 @@ def pm25_config(name: str, task: TaskData, *, seed: int, num_epochs: int = PM25_
     config.update(PM25_SETTINGS.get(name, {}))
     if name in _VARIATIONAL:
         config["kl_anneal_epochs"] = min(PM25_DEFAULTS["kl_anneal_epochs"], num_epochs)
+    if name in ("lowrank", "lowrank_svd"):
+        config["rank"] = config["architecture"].lowrank_rank  # recorded in the results' settings
     if name == "swag":
         config["swag_epochs"] = min(PM25_DEFAULTS["swag_epochs"], num_epochs)
     return config

@@ -277,8 +277,7 @@ def predictive_std(draws: dict[str, torch.Tensor]) -> torch.Tensor:
     r"""Per-input standard deviation of the equal-weight Gaussian mixture of the draws,
     :math:`\sqrt{\frac1S\sum_s \sigma_{s,i}^2 + \frac1S\sum_s(\mu_{s,i} - \bar\mu_i)^2}` (0 spread for one
     draw), the regression uncertainty score."""
-    _, var = regression_predictive_moments(draws["mean"].to(torch.float64), draws["scale"].to(torch.float64))
-    return var.sqrt()
+    return regression_predictive_moments(draws["mean"].to(torch.float64), draws["scale"].to(torch.float64))[1]
 
 
 def selective_regression_metrics(draws: dict[str, torch.Tensor], y: torch.Tensor, y_mean: float = 0.0,

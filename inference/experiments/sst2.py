@@ -123,6 +123,8 @@ def sst2_config(name: str, task: TaskData, *, seed: int, vocab_size: int,
     if name in _VARIATIONAL:
         config["kl_anneal_epochs"] = min(SST2_DEFAULTS["kl_anneal_epochs"], num_epochs)
         config["val_num_samples"] = SST2_DEFAULTS["val_num_samples"]
+    if name in ("lowrank", "lowrank_svd"):
+        config["rank"] = config["architecture"].lowrank_rank  # recorded in the results' settings
     if name == "swag":
         config["swag_epochs"] = min(SST2_DEFAULTS["swag_epochs"], num_epochs)
         steps = math.ceil(len(task.train[1]) / config["batch_size"]) * config["swag_epochs"]
