@@ -1,6 +1,8 @@
 """The README's commands and quickstart stay true."""
 
 import re
+
+import torch
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,14 @@ def test_lowrankify_snippet_trains_and_predicts():
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["probs"].shape == (50, 8, 3)
     assert type(namespace["bnn"].lstm).__name__ == "LowRankLSTM" and namespace["bnn"].head.rank == 2
+
+
+def test_architecture_snippet_fits_the_papers_lstm():
+    code = re.findall(r"```python\n(.*?)```", README, re.S)[4]
+    code = code.replace("num_epochs=15", "num_epochs=1").replace("num_samples=150", "num_samples=3")
+    g = torch.Generator().manual_seed(0)
+    namespace: dict = {name: torch.randn(n, 24, 15, generator=g) for name, n in
+                       (("x_train", 64), ("x_val", 16), ("x_test", 8))}
+    namespace.update(y_train=torch.randn(64, generator=g), y_val=torch.randn(16, generator=g))
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["draws"]["mean"].shape == (3, 8) and namespace["method"].num_parameters == 43304
