@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("name", choices=["heart", "pm25", "sst2", "uci"], help="which experiment")
     experiment.add_argument("--smoke", action="store_true",
                             help="tiny run: 1 seed, 2 epochs (sst2: 1), 8 draws, 2 UCI splits of the first 2 "
-                                 "datasets, every 50th PM2.5 window, a 1-layer d=32 Transformer on 600 SST-2 "
+                                 "datasets, every 50th PM2.5 training window and 20th evaluation window, a 1-layer "
+                                 "d=32 Transformer on 600 SST-2 "
                                  "sentences (explicit options still win)")
     experiment.add_argument("--seeds", type=int, nargs="+", default=None,
                             help="training seeds (default: heart 0 1 2 3 4, pm25 0 1 2, sst2 0, uci 0)")
@@ -43,15 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
                                  "its own split)")
     experiment.add_argument("--methods", default=None, help="comma-separated method names (default: all ten)")
     experiment.add_argument("--epochs", type=int, default=None,
-                            help="training epochs of every method (default: heart 256, uci the published n_epochs)")
+                            help="training epochs of every method (default: heart 256, pm25 15, sst2 3, uci the "
+                                 "published n_epochs)")
     experiment.add_argument("--num-samples", type=int, default=None,
-                            help="predictive draws per evaluation set (default: heart 512, uci 100)")
+                            help="predictive draws per evaluation set (default: heart 512, pm25 150, sst2 200, uci 100)")
     experiment.add_argument("--datasets", default=None, help="uci: comma-separated dataset names (default: all)")
     experiment.add_argument("--splits", type=int, default=None, help="uci: use the first K splits (default: all)")
     experiment.add_argument("--train-stride", type=int, default=None,
-                            help="pm25: keep every k-th training window (default 2)")
+                            help="pm25: keep every k-th training window (default 4)")
     experiment.add_argument("--eval-stride", type=int, default=None,
-                            help="pm25: keep every k-th validation/test/target window (default 2)")
+                            help="pm25: keep every k-th validation/test/target window (default 4)")
     experiment.add_argument("--train-size", type=int, default=None,
                             help="sst2: a random subset of this many training sentences (default: all)")
     experiment.add_argument("--val-size", type=int, default=None,

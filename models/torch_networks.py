@@ -102,6 +102,9 @@ class TransformerTextClassifier(nn.Module):
         """``tokens`` int64 (N, L) with L <= max_len, [CLS] first -> logits (N, num_classes)."""
         if tokens.shape[-1] > self.max_len:
             raise ValueError(f"tokens must have at most max_len={self.max_len} positions, got {tokens.shape[-1]}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.embed.num_embeddings):
+            raise ValueError(f"tokens must be ids in [0, {self.embed.num_embeddings}), got values in "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]")
         if self.trim_padding and tokens.dim() == 2 and tokens.shape[-1] > 1:
             # drop trailing columns that are padding in every row: attention masks them out and every other
             # operation is per position, so [CLS]'s output is unchanged and a batch of short sentences is cheap

@@ -128,8 +128,12 @@ class _WeightSpaceNetwork(PyroModule):
         if any(isinstance(m, LOW_RANK_TYPES) for m in network.modules()):
             raise ValueError("network must be a plain torch network, got one containing lowrankify layers "
                              f"({', '.join(t.__name__ for t in LOW_RANK_TYPES)})")
-        if isinstance(prior_scale, bool) or not isinstance(prior_scale, numbers.Real):
-            raise ValueError(f"prior_scale must be a finite number > 0, got {prior_scale!r}")
+        self._matched = isinstance(prior_scale, str) and prior_scale == "matched" and not only_matrices
+        if self._matched:
+            prior_scale = 1.0  # the per-tensor scales are set below
+        elif isinstance(prior_scale, bool) or not isinstance(prior_scale, numbers.Real):
+            allowed = "a finite number > 0" + ("" if only_matrices else " or 'matched'")
+            raise ValueError(f"prior_scale must be {allowed}, got {prior_scale!r}")
         check_positive(prior_scale, "prior_scale")
         network = network if inplace else copy.deepcopy(network)
         self._tensors = _bayesian_tensors(network, only_matrices)
@@ -138,6 +142,10 @@ class _WeightSpaceNetwork(PyroModule):
         ref = network.get_parameter(self._tensors[0].path)
         self.register_buffer("prior_loc", torch.tensor(float(prior_loc), dtype=ref.dtype, device=ref.device))
         self.register_buffer("prior_scale", torch.tensor(float(prior_scale), dtype=ref.dtype, device=ref.device))
+        # "matched": He's scale sqrt(2 / fan_in) per weight tensor (fan_in = its last dimension), 1 for biases
+        scales = [math.sqrt(2.0 / t.shape[-1]) if self._matched and len(t.shape) >= 2 else float(prior_scale)
+                  for t in self._tensors]
+        self.register_buffer("prior_scales", torch.tensor(scales, dtype=ref.dtype, device=ref.device))
         return network
 
     def _finish(self, network: nn.Module) -> None:
@@ -155,8 +163,9 @@ class _WeightSpaceNetwork(PyroModule):
     def _site(self, name: str) -> str:
         return f"{self._pyro_name}.{name}" if self._pyro_name else name
 
-    def _prior(self, shape: torch.Size) -> dist.Independent:
-        return dist.Normal(self.prior_loc, self.prior_scale).expand(shape).to_event(len(shape))
+    def _prior(self, shape: torch.Size, index: int = 0) -> dist.Independent:
+        """The prior of tensor ``index`` (of :attr:`_tensors`) or of a factor of that shape."""
+        return dist.Normal(self.prior_loc, self.prior_scales[index]).expand(shape).to_event(len(shape))
 
     def _draw(self) -> list[torch.Tensor]:
         """Sample every site once, in :attr:`sites` order; values aligned to the active plates."""
@@ -217,8 +226,11 @@ class MeanFieldNetwork(_WeightSpaceNetwork):
     network : nn.Module
         Any network containing modules of :data:`BAYESIAN_TYPES`; all their parameters (weights and biases) become
         sample sites named by their path (``"0.weight"``, or ``"network.0.weight"`` inside ``SupervisedModel``).
-    prior_scale : float
-        sigma of the i.i.d. prior N(0, sigma^2) of every entry; its constants are buffers.
+    prior_scale : float or "matched"
+        sigma of the i.i.d. prior N(0, sigma^2) of every entry; ``"matched"``: He's sigma = sqrt(2 / fan_in) for
+        every weight tensor (fan_in its last dimension: a Linear's or LSTM gate matrix's input width, an embedding's
+        width) and 1 for biases, the prior the low-rank layers' ``prior_scale="matched"`` implies on W. Its
+        constants are buffers.
     inplace : bool
         Modify ``network`` itself instead of a deep copy.
 
@@ -231,7 +243,7 @@ class MeanFieldNetwork(_WeightSpaceNetwork):
         finite positive number.
     """
 
-    def __init__(self, network: nn.Module, *, prior_scale: float = 1.0, inplace: bool = False) -> None:
+    def __init__(self, network: nn.Module, *, prior_scale: float | str = 1.0, inplace: bool = False) -> None:
         super().__init__()
         self._finish(self._setup(network, 0.0, prior_scale, inplace, only_matrices=False))
         logger.debug("MeanFieldNetwork: %d sites, %d latent entries", len(self._tensors),
@@ -261,8 +273,8 @@ class MeanFieldNetwork(_WeightSpaceNetwork):
 
     def _draw(self) -> list[torch.Tensor]:
         values = []
-        for t in self._tensors:
-            value = pyro.sample(self._site(t.path), self._prior(t.shape))
+        for index, t in enumerate(self._tensors):
+            value = pyro.sample(self._site(t.path), self._prior(t.shape, index))
             values.append(align_to_plates(value, len(t.shape)))
         return values
 

@@ -60,7 +60,7 @@ PM25_SETTINGS: dict[str, dict[str, Any]] = {
     "swag": {"swag_lr": 1e-2},
     "laplace": {"weight_decay": 1e-5},
     "laplace_full": {"weight_decay": 1e-5},
-    "mean_field": {},
+    "mean_field": {"prior_scale": "matched"},
     "rank1": {},
     "lowrank": {"init_scale_factor": 0.01, "prior_scale": "matched"},
     "lowrank_svd": {"init_scale_factor": 0.01, "prior_scale": "matched"},

@@ -59,7 +59,9 @@ COLUMNS: dict[str, list[tuple[str, list[tuple[str, str, str]]]]] = {
         ("Source city test (Beijing 2015), µg/m³", [("mae", "MAE", ".2f"), ("rmse", "RMSE", ".2f"),
                                                     ("test_ll", "test LL", ".3f"), ("picp", "PICP@95", ".3f"),
                                                     ("mpiw", "MPIW", ".1f"), ("mae_at_90", "MAE@90%", ".2f"),
-                                                    ("mae_at_80", "MAE@80%", ".2f")]),
+                                                    ("mae_at_80", "MAE@80%", ".2f"),
+                                                    ("picp_epistemic", "PICP@95 epist.", ".3f"),
+                                                    ("mpiw_epistemic", "MPIW epist.", ".1f")]),
         ("Shifted city (Guangzhou 2015), µg/m³", [("shift_mae", "MAE", ".2f"), ("shift_rmse", "RMSE", ".2f"),
                                                   ("shift_test_ll", "test LL", ".3f"), ("shift_picp", "PICP@95", ".3f"),
                                                   ("shift_mpiw", "MPIW", ".1f")]),
@@ -135,6 +137,15 @@ def to_json(result: ExperimentResult, command: str | None = None, device: torch.
     })
 
 
+def _architecture_repr(value: Any) -> str:
+    """JSON form of a method's ``architecture`` setting (its repr); anything else unserialisable is an error."""
+    from ..methods.architecture import Architecture
+
+    if isinstance(value, Architecture):
+        return repr(value)
+    raise TypeError(f"settings must be JSON-serialisable, got {type(value).__name__}: {value!r}")
+
+
 def _cell(entry: dict[str, Any] | None, spec: str) -> str:
     if entry is None or entry.get("mean") is None or not math.isfinite(entry["mean"]):
         return "—"
@@ -195,8 +206,8 @@ def write_report(result: ExperimentResult, out_dir: str | os.PathLike, *, comman
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "results.md"}
-    paths["json"].write_text(json.dumps(to_json(result, command, device), indent=2, allow_nan=False, default=repr)
-                             + "\n")  # settings may hold objects (an architecture): their repr
+    paths["json"].write_text(json.dumps(to_json(result, command, device), indent=2, allow_nan=False,
+                                        default=_architecture_repr) + "\n")
     paths["markdown"].write_text(format_markdown(result))
     metrics = _BARS.get(result.experiment, _BARS["uci"])
     for task in dict.fromkeys(a["task"] for a in result.aggregates):

@@ -54,7 +54,7 @@ SST2_SETTINGS: dict[str, dict[str, Any]] = {
     "swag": {"swag_lr": 1e-3},
     "laplace": {"weight_decay": 1e-5},
     "laplace_full": {"weight_decay": 1e-5},
-    "mean_field": {},
+    "mean_field": {"prior_scale": "matched"},
     "rank1": {},
     "lowrank": {"init_scale_factor": 0.01, "prior_scale": "matched"},
     "lowrank_svd": {"init_scale_factor": 0.01, "prior_scale": "matched"},
@@ -70,17 +70,22 @@ def transformer_architecture(vocab_size: int, *, max_len: int = SST2_DEFAULTS["m
                              rank: int = SST2_DEFAULTS["rank"], num_classes: int = 2,
                              **sizes: int) -> NetworkArchitecture:
     """The shared Transformer classifier on token ids (N, L <= ``max_len``); ``sizes`` override ``d_model``,
-    ``num_layers``, ``num_heads``, ``dim_feedforward`` (defaults: the paper's)."""
+    ``num_layers``, ``num_heads``, ``dim_feedforward`` (defaults: the paper's). The low-rank rank is capped at
+    ``d_model`` (every factorised matrix has a side of at least ``d_model``)."""
     from pyro_lowrank.models.torch_networks import TransformerTextClassifier
 
     unknown = set(sizes) - set(_SIZE_KEYS)
     if unknown:
         raise TypeError(f"sizes must be among {list(_SIZE_KEYS)}, got {sorted(unknown)}")
     dims = {k: check_positive_int(sizes.get(k, SST2_DEFAULTS[k]), k) for k in _SIZE_KEYS}
+    if dims["d_model"] % dims["num_heads"]:
+        raise ValueError(f"d_model must be divisible by num_heads, got d_model={dims['d_model']} and "
+                         f"num_heads={dims['num_heads']}")
 
     def factory(out_features: int, dropout: float = 0.0) -> TransformerTextClassifier:
         return TransformerTextClassifier(vocab_size, out_features, max_len=max_len, dropout=dropout, **dims)
 
+    rank = min(check_positive_int(rank, "rank"), dims["d_model"])  # capped at min(m, n), as in the heart experiment
     return NetworkArchitecture(factory, (None,), integer_inputs=True, lowrank_rank={"head": num_classes, "*": rank},
                                name="Transformer(" + ", ".join(f"{k}={v}" for k, v in dims.items()) + ")")
 

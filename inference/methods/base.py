@@ -224,6 +224,8 @@ class Method(abc.ABC):
         x = self._check_inputs(x, "x")
         x = x.to(device=self.device, dtype=self.dtype) if x.is_floating_point() else x.to(self.device)
         chunk = self.predict_batch_size or max(x.shape[0], 1)
+        if x.shape[0] == 0:
+            raise ValueError(f"x must hold at least one input, got shape {tuple(x.shape)}")
         with torch.no_grad():
             parts = [self._predictive_draws(x[i : i + chunk], num_samples) for i in range(0, x.shape[0], chunk)]
         if len(parts) == 1:

@@ -33,17 +33,27 @@ class MeanFieldBBB(PyroMethod):
     prediction; see :class:`~pyro_lowrank.models.MeanFieldMLP`).
 
     Any other architecture: :class:`~pyro_lowrank.models.weight_space.MeanFieldNetwork` around its network (every
-    weight and bias of its Linear/LSTM/Embedding/attention layers Bayesian, N(0, prior_scale²) prior, sampled
-    weights, no local reparameterisation) with an ``AutoNormal`` guide started at the network's initialisation with
-    standard deviation ``guide_init_scale``; predictive draws run one forward pass per draw.
+    weight and bias of its Linear/LSTM/Embedding/attention layers Bayesian, N(0, prior_scale²) prior or, with
+    ``prior_scale="matched"``, He's N(0, 2/fan_in) per weight tensor; sampled weights, no local
+    reparameterisation, ``init_scale_factor`` unused) with an ``AutoNormal`` guide started at the network's
+    initialisation with standard deviation ``guide_init_scale``; predictive draws run one forward pass per draw.
+    ``local_reparameterization`` defaults to True for MLPs and False otherwise.
     """
 
-    def __init__(self, *args: Any, prior_scale: float = 1.0, init_scale_factor: float = 0.01,
-                 local_reparameterization: bool = True, guide_init_scale: float = 1e-3, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, prior_scale: float | str = 1.0, init_scale_factor: float = 0.01,
+                 local_reparameterization: bool | None = None, guide_init_scale: float = 1e-3,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.prior_scale = float(prior_scale)
+        if self.is_mlp and isinstance(prior_scale, str):
+            raise ValueError(f"prior_scale must be a positive float for an MLP, got {prior_scale!r} ('matched' is for "
+                             "other architectures)")
+        self.prior_scale = prior_scale if isinstance(prior_scale, str) else float(prior_scale)
         self.init_scale_factor = float(init_scale_factor)
-        self.local_reparameterization = bool(local_reparameterization)
+        if local_reparameterization and not self.is_mlp:
+            raise ValueError("local_reparameterization is implemented for MLP architectures only, got True with "
+                             f"{self.architecture!r}")
+        self.local_reparameterization = self.is_mlp if local_reparameterization is None else bool(
+            local_reparameterization)
         self.guide_init_scale = float(guide_init_scale)
 
     def make_model(self) -> nn.Module:

@@ -111,7 +111,8 @@ def _rank_for(rank: RankSpec, name: str, module: nn.Module) -> int | float | Non
 
 
 def _check_rank_value(value: Any, name: str, module: nn.Module) -> int | float | tuple[int | float, int | float]:
-    if isinstance(module, nn.LSTM) and isinstance(value, tuple):
+    if isinstance(module, nn.LSTM) and isinstance(value, (tuple, list)):
+        value = tuple(value)
         if len(value) != 2:
             raise ValueError(f"rank for the LSTM '{name}' as a tuple must be (rank_ih, rank_hh), got {value!r}")
         return (_check_rank_value(value[0], name, nn.Identity()), _check_rank_value(value[1], name, nn.Identity()))

@@ -186,3 +186,85 @@ def test_cli_sst2_smoke_runs_every_method_on_the_transformer(tmp_path):
         assert not any(k.startswith("shift_") for k in row)  # AG News has no SST-2 labels
     assert doc["rows"][0]["ood_auroc"] == 0.5
     assert (out / "reliability_test.png").is_file() and not (out / "reliability_shift.png").exists()
+
+
+def _tokens(n, seed=0, vocab=40, length=10):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(3, vocab, (n, length), generator=g)
+    x[:, 0] = 2
+    x[n // 2 :, 7:] = 0
+    return x, (x[:, 1] > vocab // 2).long()
+
+
+@pytest.mark.parametrize("name", SEQUENCE_METHODS)
+def test_every_method_takes_token_ids_through_a_transformer(name):
+    arch = transformer_architecture(40, d_model=8, num_layers=1, num_heads=2, dim_feedforward=16)
+    extra = {"dropout": 0.2} if name == "mc_dropout" else ({"swag_epochs": 2} if name == "swag" else {})
+    method = make_method(name, architecture=arch, likelihood="categorical", num_classes=2, **_common(**extra))
+    method.fit(_tokens(32), _tokens(8, seed=1))
+    x_test = _tokens(6, seed=2)[0]
+    probs = method.predictive_draws(x_test, num_samples=3)["probs"]
+    assert probs.shape[1:] == (6, 2) and torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
+    assert x_test.dtype == torch.int64  # never cast to the network's float dtype
+    with pytest.raises(ValueError, match=r"x must hold at least one input, got shape \(0, 10\)"):
+        method.predictive_draws(x_test[:0], num_samples=3)
+
+
+def test_synthetic_pm25_and_sst2_runs_score_shift_and_ood():
+    from pyro_lowrank.inference.experiments import TaskData, run_pm25, run_sst2
+
+    train, val, test = _windows(64, length=24, d=15), _windows(16, 1, 24, 15), _windows(16, 2, 24, 15)
+    shift = (test[0] + 2.0, test[1])
+    task = TaskData("pm25", "regression", train=train, val=val, test=test, shift=shift, y_mean=90.0, y_std=80.0)
+    result = run_pm25("deterministic,mean_field,lowrank", seeds=[0], num_epochs=1, num_samples=3, task=task,
+                      progress=False, strict=True)
+    rows = {r["method"]: r for r in result.rows}
+    assert rows["deterministic"]["ood_auroc"] == 0.5 and rows["deterministic"]["picp_epistemic"] == 0.0
+    assert rows["lowrank"]["mpiw_epistemic"] > 0 and 0 <= rows["mean_field"]["ood_auroc"] <= 1
+    assert rows["mean_field"]["shift_mae"] > 0 and result.settings["pm25"]["mean_field"]["prior_scale"] == "matched"
+    text = TaskData("sst2", "classification", train=_tokens(48), val=_tokens(8, 1), test=_tokens(16, 2),
+                    shift=(_tokens(16, 3, length=10)[0], torch.full((16,), 3)), shift_labelled=False, num_classes=2)
+    result = run_sst2("deterministic,lowrank", seeds=[0], num_epochs=1, num_samples=3, task=text, vocab_size=40,
+                      sizes={"d_model": 8, "num_layers": 1, "num_heads": 2, "dim_feedforward": 16}, progress=False,
+                      strict=True)
+    assert [r["method"] for r in result.rows] == ["deterministic", "lowrank"]
+    assert all("shift_accuracy" not in r and 0 <= r["ood_auroc"] <= 1 for r in result.rows)
+    with pytest.raises(ValueError, match="d_model must be divisible by num_heads, got d_model=10 and num_heads=4"):
+        run_sst2(task=text, vocab_size=40, sizes={"d_model": 10})
+    with pytest.raises(ValueError, match="vocab_size is required with a given task"):
+        run_sst2(task=text)
+
+
+def test_epistemic_interval_closed_form():
+    from pyro_lowrank.inference.experiments.runner import epistemic_interval_metrics
+
+    means = torch.tensor([[0.0, 0.0], [2.0, 0.0]])  # input 0: centre 1, spread 1; input 1: zero width
+    out = epistemic_interval_metrics({"mean": means, "scale": torch.ones(2, 2)}, torch.tensor([2.5, 0.0]),
+                                     y_std=2.0)
+    assert out["mpiw_epistemic"] == pytest.approx(2 * 1.959964 * 2.0 / 2, rel=1e-6)
+    assert out["picp_epistemic"] == 1.0  # |5 - 2| <= 1.96 * 2 and the zero-width interval holds y exactly
+
+
+def test_matched_mean_field_prior_has_he_scales_and_lstm_dropout_varies():
+    from pyro_lowrank.models.weight_space import MeanFieldNetwork
+
+    net = MeanFieldNetwork(LSTMRegressor(3, 8, 2), prior_scale="matched")
+    scales = dict(zip((t.path for t in net._tensors), net.prior_scales.tolist()))
+    assert scales["lstm.weight_ih_l0"] == pytest.approx((2 / 3) ** 0.5)
+    assert scales["lstm.weight_hh_l1"] == pytest.approx((2 / 8) ** 0.5) and scales["head.bias"] == 1.0
+    with pytest.raises(ValueError, match="prior_scale must be a finite number > 0 or 'matched', got 'he'"):
+        MeanFieldNetwork(LSTMRegressor(3, 8, 2), prior_scale="he")
+
+    class LastStep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(3, 8, 2, batch_first=True, dropout=0.5)
+
+        def forward(self, x):
+            return self.lstm(x)[0][:, -1]
+
+    torch.manual_seed(0)
+    out = dropout_samples(LastStep().eval(), torch.randn(4, 5, 3), 3)
+    assert out.std(0).max() > 0  # nn.LSTM's inter-layer dropout is active in the passes
+    converted = lstm_architecture(3, 6)
+    assert converted.lowrank_rank == {"lstm": (14, 20), "head": 1}

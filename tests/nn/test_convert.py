@@ -369,3 +369,4 @@ def test_lstm_rank_pair_sets_input_and_recurrent_ranks_per_layer():
         lowrankify(net, {"lstm": ("x", 20)}, init="random")
     with pytest.raises(ValueError, match="rank for '0'"):
         lowrankify(nn.Sequential(nn.Linear(3, 4)), {"0": (1, 2)}, init="random")
+    assert lowrankify(net, {"lstm": [3, 5]}, init="random").lstm.rank_hh == (5, 5)  # a list from JSON works too
