@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 __all__ = ["main"]
@@ -173,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, RuntimeError, AssertionError) as err:
             parser.error(str(err))
         start = time.perf_counter()
-        result = run_experiment(args.name, **kwargs)
         out = args.out or f"experiment-{args.name}"
+        os.makedirs(out, exist_ok=True)
+        journal = os.path.join(out, "rows.jsonl")  # every finished run, written as it finishes
+        if os.path.exists(journal):
+            os.replace(journal, journal + ".previous")
+        result = run_experiment(args.name, **kwargs, journal=journal)
         command = "pyro-lowrank " + shlex.join(sys.argv[1:] if argv is None else argv)
         paths = write_report(result, out, command=command, device=args.device)
         print(format_markdown(result))

@@ -121,6 +121,7 @@ def run_heart(
     device: torch.device | str | None = None,
     progress: bool = True,
     strict: bool = False,
+    journal: str | Path | None = None,
 ) -> ExperimentResult:
     """Run every method of ``methods`` (default :data:`DEFAULT_METHODS`) for every seed on the heart task.
 
@@ -150,7 +151,8 @@ def run_heart(
             if data.kind != "classification":
                 raise ValueError(f"task must be a classification task, got kind={data.kind!r}")
             result = run_task(data, methods, split_seeds, config_fn, num_samples=num_samples, experiment="heart",
-                              result=result, device=device, progress=progress, strict=strict)
+                              result=result, device=device, progress=progress, strict=strict,
+                          journal=journal)
         data = splits[0][0]
         result.metadata.update({
             "data": {"source": "Cleveland + Hungary", "shift": "Switzerland + VA Long Beach",

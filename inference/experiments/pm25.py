@@ -138,6 +138,7 @@ def run_pm25(
     device: torch.device | str | None = None,
     progress: bool = True,
     strict: bool = False,
+    journal: str | Path | None = None,
 ) -> ExperimentResult:
     """Run ``methods`` (default: all ten; Laplace over all weights is skipped) for every seed on the PM2.5 task.
 
@@ -158,7 +159,8 @@ def run_pm25(
             raise ValueError(f"task must be a regression task with a shift set, got kind={data.kind!r}, "
                              f"shift={'None' if data.shift is None else 'given'}")
         result = run_task(data, methods, seeds, config_fn, num_samples=num_samples, experiment="pm25",
-                          tune_noise=True, device=device, progress=progress, strict=strict)
+                          tune_noise=True, device=device, progress=progress, strict=strict,
+                          journal=journal)
         result.metadata["data"] = {
             "source": "Beijing (train 2010-2013, val 2014, test 2015)", "shift": "Guangzhou 2015",
             "train_stride": train_stride if task is None else "given task",

@@ -42,6 +42,8 @@ re-seeding with the same seed, so a run's numbers depend only on the task, the c
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import dataclasses
 import logging
 import math
@@ -361,6 +363,7 @@ def run_task(
     device: torch.device | str | None = None,
     progress: bool = True,
     strict: bool = False,
+    journal: str | os.PathLike | None = None,
 ) -> ExperimentResult:
     """Fit and score every method in ``methods`` for every seed on ``task``, appending rows to ``result``.
 
@@ -386,6 +389,9 @@ def run_task(
         A tqdm bar over the runs.
     strict : bool
         Re-raise a run's exception instead of logging it into ``result.failures``.
+    journal : path, optional
+        Append every finished row (and every failure) to this JSON-lines file as soon as it exists, flushed and
+        fsynced, so a run killed later (out of memory, a time limit) loses nothing already computed.
 
     A method whose constructor rejects the task's configuration (``ValueError``, ``TypeError``,
     ``NotImplementedError``) is skipped with a warning and recorded in ``result.skipped``.
@@ -422,14 +428,28 @@ def run_task(
                 raise
             logger.error("%s on %s (seed %d) failed: %s\n%s", name, task.name, seed, err, traceback.format_exc())
             result.failures.append({**ids, "error": f"{type(err).__name__}: {err}"})
+            _append_journal(journal, {"failure": result.failures[-1]})
             continue
         row = {**ids, **metrics, "parameters": int(method.num_parameters),
                "train_seconds": float(method.training_seconds)}
         result.rows.append(row)
+        _append_journal(journal, {"row": row})
         if seed == seeds[0]:
             result.draws.setdefault(task.name, {}).setdefault(name, draws)  # the first seed of the first split
         logger.info("%s", row)
     return result
+
+
+def _append_journal(path: str | os.PathLike | None, entry: dict[str, Any]) -> None:
+    """Append ``entry`` as one JSON line to ``path`` (non-finite numbers as null), flushed and fsynced."""
+    if path is None:
+        return
+    clean = {k: ({kk: (None if isinstance(vv, float) and not math.isfinite(vv) else vv) for kk, vv in v.items()}
+                 if isinstance(v, dict) else v) for k, v in entry.items()}
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(clean, default=str) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def aggregate(rows: Sequence[dict[str, Any]], by: Sequence[str] = ("task", "method")) -> list[dict[str, Any]]:

@@ -153,6 +153,7 @@ def run_sst2(
     device: torch.device | str | None = None,
     progress: bool = True,
     strict: bool = False,
+    journal: str | Path | None = None,
 ) -> ExperimentResult:
     """Run ``methods`` (default: all ten; Laplace over all weights is skipped) for every seed on SST-2.
 
@@ -176,7 +177,8 @@ def run_sst2(
             return sst2_config(name, t, seed=seed, vocab_size=vocab, num_epochs=num_epochs, **sizes)
 
         result = run_task(data, methods, seeds, config_fn, num_samples=num_samples, experiment="sst2",
-                          device=device, progress=progress, strict=strict)
+                          device=device, progress=progress, strict=strict,
+                          journal=journal)
         result.metadata["data"] = {
             "train": "SST-2 train" + ("" if task is None else " (given task)"), "test": "SST-2 dev",
             "ood": "AG News test (title + description)", "vocab_size": vocab,

@@ -160,6 +160,7 @@ def run_uci(
     device: torch.device | str | None = None,
     progress: bool = True,
     strict: bool = False,
+    journal: str | Path | None = None,
 ) -> ExperimentResult:
     """Run ``methods`` (default: all ten) on ``splits`` of every dataset in ``datasets`` (default: all) for every
     seed; aggregates are over splits and seeds per (dataset, method).
@@ -191,7 +192,8 @@ def run_uci(
             if task.kind != "regression":
                 raise ValueError(f"tasks must be regression tasks, got kind={task.kind!r} for {task.name!r}")
             run_task(task, methods, seeds, config_fn, num_samples=num_samples, experiment="uci", result=result,
-                     tune_noise=tune_noise, device=device, progress=progress, strict=strict)
+                     tune_noise=tune_noise, device=device, progress=progress, strict=strict,
+                          journal=journal)
         return result
 
     result = timed(go)

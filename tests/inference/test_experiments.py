@@ -260,3 +260,21 @@ def test_each_heart_seed_draws_its_own_split_unless_data_seed_is_fixed():
     fixed = run_heart(["deterministic"], seeds=(0, 1), num_epochs=2, num_samples=4, root=ROOT, data_seed=3,
                       progress=False)
     assert [row["data_seed"] for row in fixed.rows] == [3, 3]
+
+
+def test_journal_keeps_every_finished_row_and_failure(tmp_path, monkeypatch):
+    journal = tmp_path / "rows.jsonl"
+    result = run_uci(methods="deterministic,lowrank", tasks=[_regression_task()], num_samples=4, progress=False,
+                     journal=journal)
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert [entry["row"]["method"] for entry in lines] == ["deterministic", "lowrank"]
+    assert lines[1]["row"]["rmse"] == result.rows[1]["rmse"]
+    from pyro_lowrank.inference.methods.deterministic import Deterministic
+
+    def boom(self, train, val):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(Deterministic, "_fit", boom)
+    run_uci(methods="deterministic", tasks=[_regression_task()], num_samples=4, progress=False, journal=journal)
+    last = json.loads(journal.read_text().splitlines()[-1])
+    assert last["failure"]["method"] == "deterministic" and "out of memory" in last["failure"]["error"]

@@ -167,6 +167,8 @@ def test_cli_pm25_smoke_runs_every_method_on_the_lstm(tmp_path):
     assert det["ood_auroc"] == 0.5 and det["mae_at_90"] == pytest.approx(det["mae"])  # one draw: constant std
     low = next(r for r in doc["rows"] if r["method"] == "lowrank")
     assert low["parameters"] == 43304
+    journal = [json.loads(line)["row"] for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert [r["mae"] for r in journal] == [r["mae"] for r in doc["rows"]]  # written as each run finished
     markdown = (out / "results.md").read_text()
     assert markdown.count("| lowrank | 1 |") == 3 and (out / "bars.png").stat().st_size > 1000
 
