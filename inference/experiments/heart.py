@@ -30,7 +30,8 @@ import torch
 
 from pyro_lowrank._validation import check_positive_int
 
-from .runner import ExperimentResult, TaskData, aggregate, check_seeds, resolve_methods, run_task, timed
+from .runner import (ExperimentResult, TaskData, aggregate, check_seeds, method_config, resolve_methods, run_task,
+                     timed)
 
 __all__ = ["DEFAULT_METHODS", "HEART_DEFAULTS", "HEART_SETTINGS", "heart_config", "load_heart_task", "run_heart"]
 
@@ -62,8 +63,6 @@ HEART_SETTINGS: dict[str, dict[str, Any]] = {
     "lowrank_svd": {"init_scale_factor": 0.01, "prior_scale": "matched"},
 }
 
-_VARIATIONAL = ("mean_field", "rank1", "lowrank", "lowrank_svd")
-
 
 def heart_config(name: str, in_features: int, *, seed: int, num_epochs: int = HEART_DEFAULTS["num_epochs"],
                  num_classes: int = 2, progress: bool = False) -> dict[str, Any]:
@@ -74,19 +73,15 @@ def heart_config(name: str, in_features: int, *, seed: int, num_epochs: int = HE
     pre-training; LR-SVD: its deterministic twin as well), so that no method is compared at an overfitted epoch.
     """
     hidden = list(HEART_DEFAULTS["hidden_features"])
-    config: dict[str, Any] = {"in_features": in_features, "hidden_features": hidden, "likelihood": "categorical",
+    common: dict[str, Any] = {"in_features": in_features, "hidden_features": hidden, "likelihood": "categorical",
                               "num_classes": num_classes, "num_epochs": num_epochs,
                               "batch_size": HEART_DEFAULTS["batch_size"], "lr": HEART_DEFAULTS["lr"], "seed": seed,
                               "progress": progress, "patience": HEART_DEFAULTS["patience"]}
-    config.update(HEART_SETTINGS.get(name, {}))
-    if name in _VARIATIONAL:
-        config["kl_anneal_epochs"] = min(HEART_DEFAULTS["kl_anneal_epochs"], num_epochs)
+    config = method_config(name, common, HEART_SETTINGS, HEART_DEFAULTS, num_epochs)
     if name in ("lowrank", "lowrank_svd"):
         widths = [in_features, *hidden]
         config["rank"] = [min(HEART_DEFAULTS["rank"], n_in, n_out) for n_in, n_out in zip(widths[:-1], widths[1:])]
         config["output_rank"] = HEART_DEFAULTS["output_rank"]
-    if name == "swag":
-        config["swag_epochs"] = min(HEART_DEFAULTS["swag_epochs"], num_epochs)
     return config
 
 

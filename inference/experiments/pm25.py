@@ -41,7 +41,8 @@ from pyro_lowrank._validation import check_positive_int
 
 from ..methods.architecture import NetworkArchitecture
 from .heart import DEFAULT_METHODS
-from .runner import ExperimentResult, TaskData, aggregate, check_seeds, resolve_methods, run_task, timed
+from .runner import (ExperimentResult, TaskData, aggregate, check_seeds, method_config, resolve_methods, run_task,
+                     timed)
 
 __all__ = ["PM25_DEFAULTS", "PM25_SETTINGS", "TRAIN_NOISE_SCALE", "lstm_architecture", "load_pm25_task", "pm25_config",
            "run_pm25"]
@@ -68,8 +69,6 @@ PM25_SETTINGS: dict[str, dict[str, Any]] = {
     "lowrank": {"init_scale_factor": 0.01, "prior_scale": "matched"},
     "lowrank_svd": {"init_scale_factor": 0.01, "prior_scale": "matched"},
 }
-
-_VARIATIONAL = ("mean_field", "rank1", "lowrank", "lowrank_svd")
 
 
 def lstm_architecture(in_features: int, window: int, *, hidden_size: int = PM25_DEFAULTS["hidden_size"],
@@ -109,19 +108,15 @@ def pm25_config(name: str, task: TaskData, *, seed: int, num_epochs: int = PM25_
                 progress: bool = False) -> dict[str, Any]:
     """``make_method`` keyword arguments of method ``name`` on the PM2.5 task (see the module docstring)."""
     window, in_features = (int(d) for d in task.train[0].shape[1:])
-    config: dict[str, Any] = {
+    common: dict[str, Any] = {
         "architecture": lstm_architecture(in_features, window), "likelihood": "gaussian",
         "noise_scale": TRAIN_NOISE_SCALE, "num_epochs": num_epochs, "batch_size": PM25_DEFAULTS["batch_size"],
         "lr": PM25_DEFAULTS["lr"], "patience": PM25_DEFAULTS["patience"], "seed": seed, "progress": progress,
         "predict_batch_size": PM25_DEFAULTS["predict_batch_size"],
     }
-    config.update(PM25_SETTINGS.get(name, {}))
-    if name in _VARIATIONAL:
-        config["kl_anneal_epochs"] = min(PM25_DEFAULTS["kl_anneal_epochs"], num_epochs)
+    config = method_config(name, common, PM25_SETTINGS, PM25_DEFAULTS, num_epochs)
     if name in ("lowrank", "lowrank_svd"):
         config["rank"] = config["architecture"].lowrank_rank  # recorded in the results' settings
-    if name == "swag":
-        config["swag_epochs"] = min(PM25_DEFAULTS["swag_epochs"], num_epochs)
     return config
 
 

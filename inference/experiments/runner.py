@@ -66,7 +66,7 @@ from pyro_lowrank.metrics import (accuracy, brier_score, expected_calibration_er
 from ..methods import available_methods, make_method
 
 __all__ = ["ExperimentResult", "TaskData", "aggregate", "check_seeds", "classification_metrics", "predictive_std",
-           "epistemic_interval_metrics", "regression_metrics", "resolve_methods", "run_task", "seeded",
+           "epistemic_interval_metrics", "method_config", "VARIATIONAL_METHODS", "regression_metrics", "resolve_methods", "run_task", "seeded",
            "selective_regression_metrics",
            "tune_noise_scale"]
 
@@ -471,6 +471,23 @@ def aggregate(rows: Sequence[dict[str, Any]], by: Sequence[str] = ("task", "meth
             entry[k] = {"mean": mean, "se": se}
         out.append(entry)
     return out
+
+
+#: Methods trained by SVI: they get the KL warm-up (``kl_anneal_epochs``).
+VARIATIONAL_METHODS = ("mean_field", "rank1", "lowrank", "lowrank_svd")
+
+
+def method_config(name: str, common: dict[str, Any], settings: dict[str, dict[str, Any]],
+                  defaults: dict[str, Any], num_epochs: int) -> dict[str, Any]:
+    """``make_method`` keyword arguments shared by every experiment: ``common`` updated with ``settings[name]``,
+    plus the KL warm-up ``min(defaults["kl_anneal_epochs"], num_epochs)`` for :data:`VARIATIONAL_METHODS` and SWAG's
+    collection epochs ``min(defaults["swag_epochs"], num_epochs)``."""
+    config = {**common, **settings.get(name, {})}
+    if name in VARIATIONAL_METHODS:
+        config["kl_anneal_epochs"] = min(defaults["kl_anneal_epochs"], num_epochs)
+    if name == "swag":
+        config["swag_epochs"] = min(defaults["swag_epochs"], num_epochs)
+    return config
 
 
 def timed(fn: Callable[[], ExperimentResult]) -> ExperimentResult:

@@ -34,7 +34,8 @@ from pyro_lowrank._validation import check_positive_int
 
 from ..methods.architecture import NetworkArchitecture
 from .heart import DEFAULT_METHODS
-from .runner import ExperimentResult, TaskData, aggregate, check_seeds, resolve_methods, run_task, timed
+from .runner import (VARIATIONAL_METHODS, ExperimentResult, TaskData, aggregate, check_seeds, method_config, resolve_methods, run_task,
+                     timed)
 
 __all__ = ["SST2_DEFAULTS", "SST2_SETTINGS", "load_sst2_task", "run_sst2", "sst2_config", "transformer_architecture"]
 
@@ -60,7 +61,6 @@ SST2_SETTINGS: dict[str, dict[str, Any]] = {
     "lowrank_svd": {"init_scale_factor": 0.01, "prior_scale": "matched"},
 }
 
-_VARIATIONAL = ("mean_field", "rank1", "lowrank", "lowrank_svd")
 #: SWAG collects this many iterates over its ``swag_epochs`` (one every ``steps // SWAG_ITERATES`` SGD steps).
 SWAG_ITERATES = 20
 _SIZE_KEYS = ("d_model", "num_layers", "num_heads", "dim_feedforward")
@@ -116,22 +116,20 @@ def sst2_config(name: str, task: TaskData, *, seed: int, vocab_size: int,
                 num_epochs: int = SST2_DEFAULTS["num_epochs"], progress: bool = False,
                 **sizes: int) -> dict[str, Any]:
     """``make_method`` keyword arguments of method ``name`` on the SST-2 task (module docstring)."""
-    config: dict[str, Any] = {
+    common: dict[str, Any] = {
         "architecture": transformer_architecture(vocab_size, num_classes=task.num_classes, **sizes),
         "likelihood": "categorical", "num_classes": task.num_classes, "num_epochs": num_epochs,
         "batch_size": SST2_DEFAULTS["batch_size"], "lr": SST2_DEFAULTS["lr"], "patience": SST2_DEFAULTS["patience"],
         "seed": seed, "progress": progress, "predict_batch_size": SST2_DEFAULTS["predict_batch_size"],
     }
-    config.update(SST2_SETTINGS.get(name, {}))
+    config = method_config(name, common, SST2_SETTINGS, SST2_DEFAULTS, num_epochs)
     if name == "mc_dropout":
         config["dropout"] = SST2_DEFAULTS["dropout"]
-    if name in _VARIATIONAL:
-        config["kl_anneal_epochs"] = min(SST2_DEFAULTS["kl_anneal_epochs"], num_epochs)
+    if name in VARIATIONAL_METHODS:
         config["val_num_samples"] = SST2_DEFAULTS["val_num_samples"]
     if name in ("lowrank", "lowrank_svd"):
         config["rank"] = config["architecture"].lowrank_rank  # recorded in the results' settings
     if name == "swag":
-        config["swag_epochs"] = min(SST2_DEFAULTS["swag_epochs"], num_epochs)
         steps = math.ceil(len(task.train[1]) / config["batch_size"]) * config["swag_epochs"]
         config["swag_collect_every"] = max(1, steps // SWAG_ITERATES)
     return config

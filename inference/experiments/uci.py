@@ -32,7 +32,8 @@ import torch
 from .heart import DEFAULT_METHODS
 from pyro_lowrank._validation import check_positive_int
 
-from .runner import ExperimentResult, TaskData, aggregate, check_seeds, resolve_methods, run_task, timed
+from .runner import (ExperimentResult, TaskData, aggregate, check_seeds, method_config, resolve_methods, run_task,
+                     timed)
 
 __all__ = ["TRAIN_NOISE_SCALE", "UCI_DEFAULTS", "UCI_SETTINGS", "holdout", "load_uci_task", "resolve_datasets",
            "run_uci", "uci_config"]
@@ -58,8 +59,6 @@ UCI_SETTINGS: dict[str, dict[str, Any]] = {
     "lowrank": {"init_scale_factor": 0.01, "prior_scale": "matched"},
     "lowrank_svd": {"init_scale_factor": 0.01, "prior_scale": "matched"},
 }
-
-_VARIATIONAL = ("mean_field", "rank1", "lowrank", "lowrank_svd")
 
 
 def _datasets_module() -> Any:
@@ -128,19 +127,15 @@ def uci_config(name: str, task: TaskData, *, seed: int, num_epochs: int | None =
     ``num_epochs`` overrides the protocol's epochs."""
     hidden = [int(task.info.get("n_hidden", UCI_DEFAULTS["hidden"]))]
     epochs = int(num_epochs if num_epochs is not None else task.info.get("n_epochs", UCI_DEFAULTS["num_epochs"]))
-    config: dict[str, Any] = {"in_features": task.in_features, "hidden_features": hidden, "likelihood": "gaussian",
+    common: dict[str, Any] = {"in_features": task.in_features, "hidden_features": hidden, "likelihood": "gaussian",
                               "noise_scale": noise_scale, "num_epochs": epochs,
                               "batch_size": UCI_DEFAULTS["batch_size"], "lr": UCI_DEFAULTS["lr"], "seed": seed,
                               "progress": progress}
-    config.update(UCI_SETTINGS.get(name, {}))
-    if name in _VARIATIONAL:
-        config["kl_anneal_epochs"] = min(UCI_DEFAULTS["kl_anneal_epochs"], epochs)
+    config = method_config(name, common, UCI_SETTINGS, UCI_DEFAULTS, epochs)
     if name in ("lowrank", "lowrank_svd"):
         widths = [task.in_features, *hidden]
         config["rank"] = [min(UCI_DEFAULTS["rank"], n_in, n_out) for n_in, n_out in zip(widths[:-1], widths[1:])]
         config["output_rank"] = UCI_DEFAULTS["output_rank"]
-    if name == "swag":
-        config["swag_epochs"] = min(UCI_DEFAULTS["swag_epochs"], epochs)
     return config
 
 
