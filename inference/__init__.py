@@ -4,6 +4,7 @@ compared methods (:mod:`.methods`), the comparison and the CLI."""
 from .checkpoint import load_checkpoint, save_checkpoint
 from .deterministic import train_deterministic
 from .fit import FitResult, fit
+from .jit_elbo import JitTraceMeanField_ELBO
 from .kl_weight import KLWeight, linear_kl_schedule
 from .laplace import LaplaceApproximation
 from .predict import log_predictive_density, max_plate_nesting, pointwise_log_likelihood, predict, vectorized_traces
@@ -11,6 +12,7 @@ from .swag import SWAG
 
 __all__ = [
     "FitResult",
+    "JitTraceMeanField_ELBO",
     "KLWeight",
     "LaplaceApproximation",
     "SWAG",

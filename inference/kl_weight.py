@@ -13,6 +13,7 @@ shaped the means.
 
 from __future__ import annotations
 
+import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
@@ -22,10 +23,17 @@ __all__ = ["KLWeight", "linear_kl_schedule"]
 class KLWeight(Messenger):
     """Multiply the scale of latent sample sites by ``beta`` (observed sites and subsample sites untouched)."""
 
-    def __init__(self, beta: float) -> None:
+    def __init__(self, beta: float | torch.Tensor) -> None:
+        super().__init__()
+        if isinstance(beta, torch.Tensor):
+            # A tensor weight: the compiled ELBO (JitTraceMeanField_ELBO) passes beta as an input of its graph, so
+            # annealing changes it without re-tracing. It is not validated here (that would read its value).
+            if beta.numel() != 1:
+                raise ValueError(f"kl_weight must be a scalar, got a tensor of shape {tuple(beta.shape)}")
+            self.beta: float | torch.Tensor = beta
+            return
         if not beta >= 0:
             raise ValueError(f"kl_weight must be >= 0, got {beta!r}")
-        super().__init__()
         self.beta = float(beta)
 
     def _process_message(self, msg: dict) -> None:

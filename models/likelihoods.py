@@ -18,6 +18,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 
 from pyro_lowrank._validation import check_positive, check_positive_int
+from pyro_lowrank.predictive import PREDICTIVE_LEAF
 
 __all__ = ["BernoulliLikelihood", "CategoricalLikelihood", "GaussianLikelihood", "Likelihood", "make_likelihood"]
 
@@ -60,7 +61,7 @@ class GaussianLikelihood(Likelihood):
             self.register_buffer("noise_scale", torch.tensor(float(noise_scale)))
 
     def forward(self, f: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return pyro.sample("obs", dist.Normal(f, self.noise_scale), obs=y)
+        return pyro.sample("obs", dist.Normal(f, self.noise_scale), obs=y, infer={PREDICTIVE_LEAF: True})
 
 
 class BernoulliLikelihood(Likelihood):
@@ -71,7 +72,7 @@ class BernoulliLikelihood(Likelihood):
             raise ValueError(f"y must contain only 0 and 1 for a Bernoulli likelihood, got values {y.unique()[:5].tolist()}")
 
     def forward(self, f: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return pyro.sample("obs", dist.Bernoulli(logits=f), obs=None if y is None else y.to(f.dtype))
+        return pyro.sample("obs", dist.Bernoulli(logits=f), obs=None if y is None else y.to(f.dtype), infer={PREDICTIVE_LEAF: True})
 
     @staticmethod
     def class_probs(f: torch.Tensor) -> torch.Tensor:
@@ -100,7 +101,7 @@ class CategoricalLikelihood(Likelihood):
             )
 
     def forward(self, f: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return pyro.sample("obs", dist.Categorical(logits=f), obs=y)
+        return pyro.sample("obs", dist.Categorical(logits=f), obs=y, infer={PREDICTIVE_LEAF: True})
 
     @staticmethod
     def class_probs(f: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from pyro.nn import PyroModule
 
 from pyro_lowrank._validation import check_positive_int, check_rank
 from pyro_lowrank.distributions import FactorPrior
+from pyro_lowrank.predictive import PREDICTIVE_LEAF
 from pyro_lowrank.nn.linear import LowRankLinear
 from pyro_lowrank.nn.lstm import LowRankLSTM
 
@@ -76,7 +77,8 @@ class ForecastGaussianLikelihood(GaussianLikelihood):
             the site's log density :math:`\sum_j \log \mathcal N(y_{ij}; f_{ij}, \sigma^2)` is one term per datum
             (the k outputs form the event when k > 1).
         """
-        return pyro.sample("obs", dist.Normal(f, self.noise_scale).to_event(self.event_dim), obs=y)
+        return pyro.sample("obs", dist.Normal(f, self.noise_scale).to_event(self.event_dim), obs=y,
+                           infer={PREDICTIVE_LEAF: True})
 
 
 class _ForecastNetwork(PyroModule):

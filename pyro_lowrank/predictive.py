@@ -17,11 +17,13 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from pyro_lowrank._validation import check_positive_int
 
 __all__ = [
+    "PREDICTIVE_LEAF",
     "log_predictive_density",
     "max_plate_nesting",
     "per_draw_value",
@@ -32,6 +34,34 @@ __all__ = [
 ]
 
 _DRAWS = "_num_predictive_samples"
+PREDICTIVE_LEAF = "predictive_leaf"
+"""``infer`` key of a sample site that nothing in the model reads (an observation model's ``obs``): :func:`predict`
+does not draw it when it is not among the requested ``return_sites``."""
+
+
+class _SkipUnrequestedLeaves(Messenger):
+    """Record a zero placeholder instead of drawing unobserved sample sites flagged ``infer={PREDICTIVE_LEAF: True}``
+    whose names are not in ``keep``: drawing y for every draw and input (a softmax and a multinomial over
+    S x N x C for a classifier) is wasted when only the network output is wanted."""
+
+    def __init__(self, keep: Sequence[str]) -> None:
+        super().__init__()
+        self.keep = frozenset(keep)
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["is_observed"] or msg["value"] is not None or msg["name"] in self.keep:
+            return
+        if msg["infer"].get(PREDICTIVE_LEAF):
+            fn = msg["fn"]
+            msg["value"] = torch.zeros((), device=_device_of(fn)).expand(fn.shape())
+
+
+def _device_of(fn: Any) -> torch.device:
+    for value in vars(fn).values():
+        if isinstance(value, torch.Tensor):
+            return value.device
+    base = getattr(fn, "base_dist", None)
+    return _device_of(base) if base is not None else torch.device("cpu")
 
 
 def max_plate_nesting(model: Callable, *args: Any, **kwargs: Any) -> int:
@@ -48,20 +78,29 @@ def vectorized_traces(
     guide: Callable,
     inputs: Sequence[tuple[tuple, dict]],
     num_samples: int,
+    *,
+    plate_depth: int | None = None,
+    keep_sites: Sequence[str] | None = None,
 ) -> list[poutine.Trace]:
     """Draw S guide samples once, inside a plate over draws, and replay the model on each ``(args, kwargs)``.
 
     The plate sits left of the model's plates (dim ``-max_plate_nesting - 1``), so the guide's sites get shape
     ``(S, 1, ..., *site_shape)`` and broadcast through the model; every input chunk sees the same S draws.
+    ``plate_depth`` is the model's plate nesting if the caller knows it (else one extra trace reads it). With
+    ``keep_sites``, sites flagged ``infer={PREDICTIVE_LEAF: True}`` that are not listed are not drawn (their trace
+    value is a zero placeholder).
     """
     check_positive_int(num_samples, "num_samples")
     first_args, first_kwargs = inputs[0]
-    depth = max_plate_nesting(model, *first_args, **first_kwargs)
+    depth = max_plate_nesting(model, *first_args, **first_kwargs) if plate_depth is None else plate_depth
     traces = []
     with torch.no_grad(), pyro.plate(_DRAWS, num_samples, dim=-depth - 1):
         guide_trace = poutine.trace(guide).get_trace(*first_args, **first_kwargs)
+        replayed = poutine.replay(model, trace=guide_trace)
+        if keep_sites is not None:
+            replayed = _SkipUnrequestedLeaves(keep_sites)(replayed)
         for args, kwargs in inputs:
-            traces.append(poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs))
+            traces.append(poutine.trace(replayed).get_trace(*args, **kwargs))
     return traces
 
 
@@ -93,10 +132,16 @@ def predict(
     *,
     return_sites: Sequence[str] = ("f",),
     batch_size: int | None = None,
+    draw_batch_size: int | None = None,
     data_plate: str = "data",
     **model_kwargs: Any,
 ) -> dict[str, torch.Tensor]:
     """Posterior predictive draws for inputs ``x``.
+
+    The S draws are taken from the guide in one vectorised pass per chunk of ``draw_batch_size`` draws, and the model
+    is replayed with each chunk on every chunk of ``batch_size`` inputs, so every input sees the same S networks. The
+    chunks bound the size of the hidden activations (draws x inputs x width), which keeps them in cache: a pass over
+    all 32 draws of 1024 inputs at width 512 moves 64 MB per activation, a chunk of 4 draws 8 MB.
 
     Parameters
     ----------
@@ -110,6 +155,8 @@ def predict(
         Sites to return (default the network output ``"f"`` of the library's models; ``"obs"`` gives draws of y).
     batch_size : int, optional
         Evaluate the inputs in chunks of this size, reusing the same S draws for every chunk (bounded memory).
+    draw_batch_size : int, optional
+        Draw and evaluate the S draws in chunks of this size (default: all S at once).
     data_plate : str
         Name of the model's data plate: sites inside it are concatenated over chunks, other sites are global.
 
@@ -121,21 +168,25 @@ def predict(
     check_positive_int(num_samples, "num_samples")
     n = x.shape[0]
     chunk = n if batch_size is None else check_positive_int(batch_size, "batch_size")
+    draw_chunk = num_samples if draw_batch_size is None else check_positive_int(draw_batch_size, "draw_batch_size")
     inputs = [((x[start : start + chunk],), model_kwargs) for start in range(0, n, chunk)]
-    traces = vectorized_traces(model, guide, inputs, num_samples)
-    missing = [name for name in return_sites if name not in traces[0].nodes]
-    if missing:
-        sites = [name for name, site in traces[0].nodes.items() if site["type"] == "sample"]
-        raise ValueError(f"return_sites {missing} are not sites of the model; its sites are {sites}")
-    out = {}
-    for name in return_sites:
-        pieces = [per_draw_value(trace.nodes[name], num_samples) for trace in traces]
-        data_dim = _data_dim(traces[0].nodes[name], data_plate)
-        if len(pieces) == 1 or data_dim is None:  # a global site is the same in every chunk
-            out[name] = pieces[0]
-        else:
-            out[name] = torch.cat(pieces, dim=data_dim)
-    return out
+    depth = max_plate_nesting(model, x[:1], **model_kwargs)  # the plate stack does not depend on the batch size
+    per_chunk: dict[str, list[torch.Tensor]] = {name: [] for name in return_sites}
+    for first in range(0, num_samples, draw_chunk):
+        draws = min(draw_chunk, num_samples - first)
+        traces = vectorized_traces(model, guide, inputs, draws, plate_depth=depth, keep_sites=return_sites)
+        missing = [name for name in return_sites if name not in traces[0].nodes]
+        if missing:
+            sites = [name for name, site in traces[0].nodes.items() if site["type"] == "sample"]
+            raise ValueError(f"return_sites {missing} are not sites of the model; its sites are {sites}")
+        for name in return_sites:
+            pieces = [per_draw_value(trace.nodes[name], draws) for trace in traces]
+            data_dim = _data_dim(traces[0].nodes[name], data_plate)
+            if len(pieces) == 1 or data_dim is None:  # a global site is the same in every chunk
+                per_chunk[name].append(pieces[0])
+            else:
+                per_chunk[name].append(torch.cat(pieces, dim=data_dim))
+    return {name: values[0] if len(values) == 1 else torch.cat(values, dim=0) for name, values in per_chunk.items()}
 
 
 def _data_dim(site: dict, data_plate: str) -> int | None:

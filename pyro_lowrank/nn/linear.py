@@ -132,25 +132,88 @@ def strip_batch(t: torch.Tensor, keep: int, length: int, event_dim: int = 2) -> 
     return t.reshape(tb[:keep] + event)
 
 
-def factor_matmul(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    r"""``x (A B^T)^T`` for ``x`` of shape ``bx + (n,)`` and factors of shapes ``bw + (m, r)``, ``bw + (n, r)``.
+def factor_matmul(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""``x (A B^T)^T + bias`` for ``x`` of shape ``bx + (n,)`` and factors of shapes ``bw + (m, r)``, ``bw + (n, r)``.
 
     The result has shape ``broadcast(bx, bw) + (m,)``: each input vector meets the factors of its own batch entry.
+    ``bias`` (shape ``bw + (m,)``, same batch as the factors) is added inside the second product (``addmm`` /
+    ``baddbmm``, or an in-place add), which saves one pass over the output, the largest tensor of the layer.
     For speed, the trailing input batch dimensions against which the factors are constant (size 1 or absent in
     ``bw``) are folded into the rows of one matrix product (:func:`fold_constant_batch`), so the usual cases, no
     particles or vectorised particles ``bw = (P, 1)`` with inputs ``(N, n)``, run as (batched) GEMMs
     ``(N, n) @ (n, r)`` and never materialise per-datum copies of the factors. W is formed only when
     :func:`factored_is_cheaper` says it pays.
+
+    ``out`` (no autograd): a contiguous tensor of the result's shape to write into. It may be ``x`` itself (a hidden
+    activation that is not needed afterwards): the factored path reads x only to form x B, before writing.
     """
+    if out is not None:
+        return _factor_matmul_into(x, a, b, bias, out)
     n = x.shape[-1]
     m, r = a.shape[-2:]
     x2, tail, keep, length = fold_constant_batch(x, torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
     a2, b2 = strip_batch(a, keep, length), strip_batch(b, keep, length)
-    if factored_is_cheaper(x2.numel() // max(n, 1), m, n, r):
-        out = (x2 @ b2) @ a2.transpose(-1, -2)
+    factored = factored_is_cheaper(x2.numel() // max(n, 1), m, n, r)
+    if factored and x2.dim() == 2 and b2.dim() == 3:
+        # Inputs shared by a batch of P factor draws: one GEMM (rows, n) @ (n, P r) instead of P GEMMs against
+        # P broadcast copies of x.
+        draws = b2.shape[0]
+        xb = (x2 @ b2.transpose(0, 1).reshape(n, draws * r)).reshape(x2.shape[0], draws, r).transpose(0, 1)
+        left, right = xb, a2.transpose(-1, -2)
+    elif factored:
+        left, right = x2 @ b2, a2.transpose(-1, -2)
     else:
-        out = x2 @ (a2 @ b2.transpose(-1, -2)).transpose(-1, -2)
+        left, right = x2, (a2 @ b2.transpose(-1, -2)).transpose(-1, -2)
+    if bias is None:
+        out = left @ right
+    else:
+        bias2 = strip_batch(bias, keep, length, event_dim=1).unsqueeze(-2)
+        shape = torch.broadcast_shapes(left.shape[:-1] + right.shape[-1:], bias2.shape)
+        if left.dim() == 2 and right.dim() == 2 and bias2.dim() == 2:
+            out = torch.addmm(bias2, left, right)
+        elif left.dim() == right.dim() == bias2.dim() == 3 and left.shape[0] == right.shape[0] == shape[0]:
+            out = torch.baddbmm(bias2, left, right)
+        else:
+            out = left @ right
+            out = out.add_(bias2) if out.shape == shape and not torch.is_grad_enabled() else out + bias2
     return out.reshape(out.shape[:-2] + tail + (m,))
+
+
+def _factor_matmul_into(
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor
+) -> torch.Tensor:
+    """:func:`factor_matmul` writing into ``out`` (see there); falls back to a copy where it cannot write in place."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, a, b, bias, out)):
+        raise RuntimeError("factor_matmul(out=...) is for inference: it does not support autograd")
+    n = x.shape[-1]
+    m, r = a.shape[-2:]
+    x2, tail, keep, length = fold_constant_batch(x, torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    a2, b2 = strip_batch(a, keep, length), strip_batch(b, keep, length)
+    if (not out.is_contiguous() or not factored_is_cheaper(x2.numel() // max(n, 1), m, n, r)
+            or (x2.dim() == 2 and b2.dim() == 3)):
+        result = factor_matmul(x, a, b, bias)
+        if result.shape != out.shape:
+            raise ValueError(f"out must have shape {tuple(result.shape)}, got {tuple(out.shape)}")
+        return out.copy_(result)
+    left, right = x2 @ b2, a2.transpose(-1, -2)  # x is read here, before anything is written to out
+    shape = torch.broadcast_shapes(left.shape[:-1] + right.shape[-1:])
+    expected = tuple(shape[:-2]) + tuple(tail) + (m,)
+    if tuple(out.shape) != expected:
+        raise ValueError(f"out must have shape {expected}, got {tuple(out.shape)}")
+    view = out.view(shape)
+    if bias is not None and left.dim() == 3 and right.dim() == 3:
+        torch.baddbmm(strip_batch(bias, keep, length, event_dim=1).unsqueeze(-2), left, right, out=view)
+    else:
+        torch.matmul(left, right, out=view)
+        if bias is not None:
+            view.add_(strip_batch(bias, keep, length, event_dim=1).unsqueeze(-2))
+    return out
 
 
 def _prior_a(layer: "LowRankLinear"):
@@ -283,8 +346,11 @@ class LowRankLinear(PyroModule):
         return {name: self.init_scale for name in self.initial_values()}
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
         """``x (A B^T)^T + bias`` for ``x`` of shape ``(..., in_features)``; returns ``(..., out_features)``.
+
+        ``out`` (inference only): write the result into this tensor, which may be ``x`` itself when the layer is
+        square and ``x`` is not needed afterwards (see :func:`factor_matmul`).
 
         The factors' batch dimensions (particles, plates) broadcast against ``x.shape[:-1]``, right-aligned, as for
         any Pyro sample: factors of batch shape ``(P, 1)`` and ``x`` of shape ``(N, n)`` give ``(P, N, m)``.
@@ -292,10 +358,12 @@ class LowRankLinear(PyroModule):
         check_last_dim(x, self.in_features, "x", f"LowRankLinear(in_features={self.in_features})")
         depth = vectorized_plate_depth()  # the plate stack is read once per call
         seq = self.resolve_sequence_dims(x.dim() - 2, depth)
-        out = factor_matmul(x, align_to_plates(self.A, 2, seq, depth), align_to_plates(self.B, 2, seq, depth))
-        if self.bias is not None:
-            out = out + align_to_plates(self.bias, 1, seq, depth)
-        return out
+        a, b = align_to_plates(self.A, 2, seq, depth), align_to_plates(self.B, 2, seq, depth)
+        bias = None if self.bias is None else align_to_plates(self.bias, 1, seq, depth)
+        if bias is None or bias.shape[:-1] == torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]):
+            return factor_matmul(x, a, b, bias, out=out)
+        result = factor_matmul(x, a, b) + bias  # a bias batched differently from the factors (an unusual guide)
+        return result if out is None else out.copy_(result)
 
     def resolve_sequence_dims(self, per_datum_dims: int, depth: int | None = None) -> int:
         """The per-datum dimensions to line the factors up with (see ``sequence_dims``).

@@ -1,0 +1,234 @@
+r"""A JIT-compiled mean-field ELBO for the ``ELBOModule`` route (module-local parameters).
+
+The loss is Pyro's :class:`~pyro.infer.TraceMeanField_ELBO` surrogate,
+
+.. math::
+
+    -\mathcal L_\beta = -\sum_{\text{observed sites}} \log p(y \mid \theta)
+    + \beta \sum_{\text{latent sites}} \mathrm{KL}\big(q(\theta_j) \,\|\, p(\theta_j)\big),
+
+with the analytic KL where one is registered and :math:`\log q - \log p` at the sampled point otherwise, averaged over
+``num_particles`` (vectorised or not). Compiling changes how it is computed, never what: the model and guide are
+traced once by :func:`torch.jit.trace` per input signature, and later steps replay the recorded tensor operations
+without running Pyro's effect handlers, distribution objects or ``PyroModule`` attribute lookups again. Random draws are
+recorded as random operations (``aten::normal``), so every call draws fresh noise from torch's global generator.
+
+What is fixed at trace time, and therefore part of the cache key: the shapes, dtypes and devices of the tensor
+arguments, the values of the other arguments (``num_data=...``), the identity of the model's and guide's parameters
+and buffers (a ``.to(device)`` or a new guide re-traces), and the ``training`` flags. The KL weight :math:`\beta` of
+an enclosing :class:`~pyro_lowrank.inference.KLWeight` handler is passed in as a tensor, so annealing never
+re-traces. What must not vary between calls with the same key: the control flow (data-dependent branches, shapes that
+depend on tensor values such as trimming padding) -- the same restriction as Pyro's own JIT ELBOs. A first-call check
+(``check_trace=True``) replays the traced graph and the eager ELBO from the same random state and raises if they
+differ.
+
+Why not Pyro's :class:`pyro.infer.JitTraceMeanField_ELBO`: with module-local parameters (the ``ELBOModule`` route this
+library uses) it looks its parameters up in the global param store, where they are not; and in pyro 1.9.2 it
+re-traces on every call (see :meth:`JitTraceMeanField_ELBO.differentiable_loss`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from contextlib import ExitStack
+from typing import Any, Callable
+
+import pyro
+import pyro.infer
+import torch
+from pyro.poutine.runtime import _PYRO_STACK
+from torch import nn
+
+from .kl_weight import KLWeight
+
+__all__ = ["JitTraceMeanField_ELBO"]
+
+logger = logging.getLogger(__name__)
+
+
+def _state_tensors(*modules: Any) -> list[torch.Tensor]:
+    """Parameters and buffers of the ``nn.Module`` s among ``modules``, each tensor once, in a fixed order."""
+    seen: dict[int, torch.Tensor] = {}
+    for module in modules:
+        if isinstance(module, nn.Module):
+            for tensor in (*module.parameters(), *module.buffers()):
+                seen.setdefault(id(tensor), tensor)
+    return list(seen.values())
+
+
+def _signature(value: Any) -> Any:
+    """A hashable description of an argument: tensors by shape, dtype, device and grad flag, the rest by value."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.dtype, value.device, value.requires_grad)
+    try:
+        hash(value)
+    except TypeError as error:
+        raise TypeError(
+            "JitTraceMeanField_ELBO traces the loss once per argument signature, so every non-tensor argument must "
+            f"be hashable; got an argument of type {type(value).__name__}"
+        ) from error
+    return ("value", value)
+
+
+def _active_kl_weight() -> float:
+    """Product of the ``beta`` of every enclosing :class:`KLWeight` handler (1 when there is none)."""
+    beta = 1.0
+    for handler in _PYRO_STACK:
+        if isinstance(handler, KLWeight):
+            beta *= float(handler.beta)
+    return beta
+
+
+class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
+    """:class:`~pyro.infer.TraceMeanField_ELBO`, compiled with :func:`torch.jit.trace` (see the module docstring).
+
+    Use it where ``TraceMeanField_ELBO`` is used: ``loss_fn = JitTraceMeanField_ELBO(...)(model, guide)`` is an
+    ``nn.Module`` whose ``forward(*args, **kwargs)`` returns the differentiable negative ELBO, and
+    ``fit(model, guide, data, elbo=JitTraceMeanField_ELBO(...))`` trains with it.
+
+    Parameters
+    ----------
+    check_trace : bool
+        On each new trace, replay the traced graph and the eager ELBO from the same random state and raise a
+        ``RuntimeError`` if they disagree (a model whose control flow depends on the data cannot be traced).
+    **kwargs
+        As :class:`~pyro.infer.TraceMeanField_ELBO` (``num_particles``, ``vectorize_particles``,
+        ``max_plate_nesting``, ...), plus Pyro's ``ignore_jit_warnings`` and ``jit_options``.
+
+    Notes
+    -----
+    With module-local parameters (``pyro.settings.get("module_local_params")``, which importing pyro_lowrank turns
+    on), the model and guide must be ``nn.Module`` s and their parameters must exist after one eager call (lazy
+    autoguides are set up by that call). With the global param store, it defers to Pyro's implementation, with the
+    re-tracing bug of pyro 1.9.2 worked around.
+    """
+
+    def __init__(self, *, check_trace: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.check_trace = bool(check_trace)
+        self._traced: dict[tuple, Callable] = {}
+
+    # ------------------------------------------------------------------ the loss
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The negative ELBO (a scalar tensor with a gradient), from the compiled graph of this call's signature."""
+        if not pyro.settings.get("module_local_params"):
+            return self._global_store_loss(model, guide, *args, **kwargs)
+        for role, module in (("model", model), ("guide", guide)):
+            if not isinstance(module, nn.Module):
+                raise TypeError(
+                    f"JitTraceMeanField_ELBO with module-local parameters needs the {role} to be an nn.Module "
+                    f"(a PyroModule or an autoguide), got {type(module).__name__}"
+                )
+        beta = _active_kl_weight()
+        key = self._key(model, guide, args, kwargs)
+        traced = self._traced.get(key)
+        if traced is None:
+            traced = self._compile(model, guide, args, kwargs)
+            key = self._key(model, guide, args, kwargs)  # a lazy guide has created its parameters by now
+            self._traced[key] = traced
+        tensors = _state_tensors(model, guide)
+        reference = next((t for t in tensors if t.is_floating_point()), None)
+        beta_tensor = torch.tensor(beta, dtype=reference.dtype if reference is not None else None,
+                                   device=reference.device if reference is not None else None)
+        return traced(*tensors, beta_tensor, *(a for a in args if isinstance(a, torch.Tensor)))
+
+    def _global_store_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        loss = super().differentiable_loss(model, guide, *args, **kwargs)
+        # Workaround for pyro 1.9.2: JitTraceMeanField_ELBO.differentiable_loss tests
+        # `getattr(self, "_loss_and_surrogate_loss", None) is None` but stores the compiled closure in
+        # `self._differentiable_loss`, so the test never passes and every call builds (and traces) a new compiled
+        # function. Pointing the tested attribute at the stored closure makes later calls reuse it.
+        self._loss_and_surrogate_loss = self._differentiable_loss
+        return loss
+
+    def _key(self, model: nn.Module, guide: nn.Module, args: tuple, kwargs: dict) -> tuple:
+        return (
+            id(model), id(guide), model.training, guide.training,
+            tuple(id(t) for t in _state_tensors(model, guide)),
+            tuple(_signature(a) for a in args),
+            tuple(sorted((name, _signature(value)) for name, value in kwargs.items())),
+        )
+
+    # ------------------------------------------------------------------ compilation
+    def _eager_loss(self, model: Callable, guide: Callable, args: tuple, kwargs: dict,
+                    beta: torch.Tensor | float) -> torch.Tensor:
+        """The surrogate negative ELBO computed by Pyro, with the KL weight ``beta`` (enclosing KLWeight handlers
+        are neutralised so that ``beta`` is applied exactly once)."""
+        loss = 0.0
+        with ExitStack() as stack:
+            stack.enter_context(_neutral_kl_weights())
+            stack.enter_context(KLWeight(beta))
+            for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+                _, surrogate = self._differentiable_loss_particle(model_trace, guide_trace)
+                loss = loss + surrogate / self.num_particles
+        return loss
+
+    def _compile(self, model: nn.Module, guide: nn.Module, args: tuple, kwargs: dict) -> Callable:
+        with torch.random.fork_rng(devices=_cuda_devices(args)):  # set up lazy parameters, leave the RNG as it was
+            self._eager_loss(model, guide, args, kwargs, 1.0)
+        tensors = _state_tensors(model, guide)
+        reference = next((t for t in tensors if t.is_floating_point()), None)
+        beta = torch.tensor(1.0, dtype=reference.dtype if reference is not None else None,
+                            device=reference.device if reference is not None else None)
+        tensor_positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        num_state = len(tensors)
+
+        def loss_fn(*inputs: torch.Tensor) -> torch.Tensor:
+            call_args = list(args)
+            for position, value in zip(tensor_positions, inputs[num_state + 1:]):
+                call_args[position] = value
+            return self._eager_loss(model, guide, tuple(call_args), kwargs, inputs[num_state])
+
+        inputs = (*tensors, beta, *(args[i] for i in tensor_positions))
+        with warnings.catch_warnings(), pyro.validation_enabled(False):
+            warnings.simplefilter("ignore")  # TracerWarnings about Python values taken from tensors (shapes)
+            # Traced with autograd on, whatever the caller's mode: the graph must be the differentiable one (without
+            # autograd, layers take inference-only paths such as in-place products).
+            with torch.random.fork_rng(devices=_cuda_devices(args)), torch.enable_grad():
+                options = {k: v for k, v in (self.jit_options or {}).items() if k != "check_trace"}
+                traced = torch.jit.trace(loss_fn, inputs, check_trace=False, **options)
+        logger.debug("traced the ELBO of %s/%s for a new signature", type(model).__name__, type(guide).__name__)
+        if self.check_trace:
+            self._check(traced, loss_fn, inputs, args)
+        return traced
+
+    def _check(self, traced: Callable, loss_fn: Callable, inputs: tuple, args: tuple) -> None:
+        devices = _cuda_devices(args)
+        with torch.enable_grad(), warnings.catch_warnings(), pyro.validation_enabled(False):
+            warnings.simplefilter("ignore")
+            with torch.random.fork_rng(devices=devices):
+                torch.rand(())  # a random state other than the traced call's, so that frozen branches can show
+                state = torch.random.get_rng_state()
+                cuda_states = [torch.cuda.get_rng_state(device) for device in devices]
+                eager = float(loss_fn(*inputs))
+                torch.random.set_rng_state(state)
+                for device, cuda_state in zip(devices, cuda_states):
+                    torch.cuda.set_rng_state(cuda_state, device)
+                compiled = float(traced(*inputs))
+        agree = math.isclose(eager, compiled, rel_tol=1e-4, abs_tol=1e-4)
+        if not (agree or (math.isnan(eager) and math.isnan(compiled))):
+            raise RuntimeError(
+                f"the traced ELBO ({compiled}) differs from the eager ELBO ({eager}) from the same random state: the "
+                "model or guide is not traceable (control flow or shapes that depend on tensor values, e.g. trimmed "
+                "padding, or random numbers drawn outside torch). Use TraceMeanField_ELBO for this model."
+            )
+
+
+class _neutral_kl_weights:
+    """Set the ``beta`` of every enclosing :class:`KLWeight` handler to 1 for the duration (restored on exit)."""
+
+    def __enter__(self) -> "_neutral_kl_weights":
+        self.saved = [(handler, handler.beta) for handler in _PYRO_STACK if isinstance(handler, KLWeight)]
+        for handler, _ in self.saved:
+            handler.beta = 1.0
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handler, beta in self.saved:
+            handler.beta = beta
+
+
+def _cuda_devices(args: tuple) -> list[int]:
+    return sorted({a.device.index or 0 for a in args if isinstance(a, torch.Tensor) and a.is_cuda})
