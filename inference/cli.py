@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--epochs", type=int, default=60, help="training epochs for both networks")
     demo.add_argument("--num-samples", type=int, default=100, help="posterior draws for the predictive")
+    demo.add_argument("--device", default="cpu", help="torch device for data and networks (default: cpu)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     compare = sub.add_parser("compare", help="every method on the demo dataset (digits 0-7, OOD 8-9): one table")
     compare.add_argument("--methods", default=None,
@@ -27,7 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--num-samples", type=int, default=100, help="predictive draws per method")
     compare.add_argument("--format", choices=["table", "markdown", "json"], default="table")
     compare.add_argument("--out", default=None, help="also write the formatted results to this file")
+    compare.add_argument("--device", default="cpu", help="torch device for data and networks (default: cpu)")
     compare.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench = sub.add_parser(
+        "bench", help="time training steps and predictive passes of every route side by side (ratios to the "
+                      "deterministic MLP), Transformer memory and scaling curves; writes bench.json, bench.md, "
+                      "scaling.png")
+    bench.add_argument("--smoke", action="store_true", help="tiny sizes, 1 round: checks every path in seconds")
+    bench.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    bench.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
+    bench.add_argument("--ranks", type=int, nargs="+", default=None, help="ranks of the low-rank cases (8 16 32 64)")
+    bench.add_argument("--rounds", type=int, default=None, help="interleaved rounds of the training table (7)")
+    bench.add_argument("--repeats", type=int, default=None, help="steps per round (10)")
+    bench.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    bench.add_argument("--no-scaling", action="store_true", help="skip the width-scaling curves")
+    bench.add_argument("--no-memory", action="store_true", help="skip the Transformer memory comparison")
     experiment = sub.add_parser(
         "experiment", help="a paper experiment with every compared method: heart (population shift), pm25 (LSTM, "
                            "city shift), sst2 (Transformer, AG News OOD) or uci (regression benchmark); writes "
@@ -136,6 +151,16 @@ def _experiment_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
+def _check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """Exit with a usage error unless ``device`` names a torch device that exists here."""
+    import torch
+
+    try:
+        torch.empty(1, device=torch.device(device))
+    except (RuntimeError, AssertionError) as err:
+        parser.error(f"--device {device!r} is not usable here: {err}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -143,22 +168,50 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import format_table, run_demo
 
+        _check_device(parser, args.device)
         results = run_demo(args.out, seed=args.seed, num_epochs=args.epochs, num_samples=args.num_samples,
-                           progress=not args.quiet)
+                           progress=not args.quiet, device=args.device)
         print(format_table(results))
         print(f"reliability diagram: {args.out}/reliability.png")
     elif args.command == "compare":
         from .compare import format_results, run_compare
 
         methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+        _check_device(parser, args.device)
         results = run_compare(methods, seed=args.seed, num_epochs=args.epochs, num_samples=args.num_samples,
-                              progress=not args.quiet)
+                              progress=not args.quiet, device=args.device)
         text = format_results(results, args.format)
         print(text)
         if args.out:
             from pathlib import Path
 
             Path(args.out).write_text(text + "\n")
+    elif args.command == "bench":
+        import dataclasses
+
+        import torch
+
+        from .bench import SMOKE, BenchConfig, format_markdown, run_bench, write_bench
+
+        _check_device(parser, args.device)
+        if args.threads is not None:
+            if args.threads < 1:
+                parser.error(f"--threads must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        overrides = dict(SMOKE) if args.smoke else {}
+        for option in ("ranks", "rounds", "repeats"):
+            value = getattr(args, option)
+            if value is not None:
+                values = value if isinstance(value, list) else [value]
+                if any(v < 1 for v in values):
+                    parser.error(f"--{option} must be >= 1, got {value}")
+                overrides[option] = tuple(value) if isinstance(value, list) else value
+        config = dataclasses.replace(BenchConfig(device=args.device, scaling=not args.no_scaling,
+                                                 memory=not args.no_memory), **overrides)
+        result = run_bench(config)
+        paths = write_bench(result, args.out)
+        print(format_markdown(result))
+        print(f"wrote {', '.join(str(p) for p in paths.values())}")
     elif args.command == "experiment":
         import shlex
         import time

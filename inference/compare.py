@@ -64,11 +64,12 @@ def run_compare(
     num_samples: int = 100,
     overrides: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> dict[str, dict[str, float]]:
     """Fit every method in ``methods`` (default: all registered of :data:`DEFAULT_METHODS`) and evaluate it.
 
     ``overrides`` maps a method name to settings replacing its defaults. Returns ``{method: {accuracy, nll, ece,
-    ood_auroc, parameters, train_seconds}}``.
+    ood_auroc, parameters, train_seconds}}``. Data (and so every method's networks) live on ``device``.
     """
     registered = set(available_methods())
     if methods is None:
@@ -80,7 +81,7 @@ def run_compare(
     unknown = [m for m in methods if m not in registered]
     if unknown:
         raise ValueError(f"methods must be registered method names {sorted(registered)}, got unknown {unknown}")
-    data = load_demo_data(seed)
+    data = {name: tensor.to(device) for name, tensor in load_demo_data(seed).items()}
     keep = lambda x, y: (x[y < NUM_IN_CLASSES], y[y < NUM_IN_CLASSES])  # noqa: E731
     train, val = keep(data["x_train"], data["y_train"]), keep(data["x_val"], data["y_val"])
     x_test, y_test = keep(data["x_test"], data["y_test"])
@@ -92,12 +93,12 @@ def run_compare(
         config = default_config(name, num_epochs=num_epochs, seed=seed)
         config.update((overrides or {}).get(name, {}))
         method = make_method(name, **config).fit(train, val)
-        probs_in = method.predictive_draws(x_test, num_samples)["probs"]
-        probs_out = method.predictive_draws(x_ood, num_samples)["probs"]
+        probs_in = method.predictive_draws(x_test, num_samples)["probs"].cpu()
+        probs_out = method.predictive_draws(x_ood, num_samples)["probs"].cpu()
         results[name] = {
-            "accuracy": accuracy(probs_in, y_test),
-            "nll": negative_log_likelihood(probs_in, y_test),
-            "ece": expected_calibration_error(probs_in, y_test, num_bins=15),
+            "accuracy": accuracy(probs_in, y_test.cpu()),
+            "nll": negative_log_likelihood(probs_in, y_test.cpu()),
+            "ece": expected_calibration_error(probs_in, y_test.cpu(), num_bins=15),
             "ood_auroc": ood_detection(probs_in, probs_out)["auroc"],
             "parameters": int(method.num_parameters),
             "train_seconds": float(method.training_seconds),

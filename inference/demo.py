@@ -59,17 +59,19 @@ def run_demo(
     output_rank: int = 10,
     init_scale_factor: float = 0.01,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Train both networks, evaluate on the test split, write ``reliability.png`` and ``results.json`` into
-    ``out_dir``; returns the results (one dict per method)."""
+    ``out_dir``; returns the results (one dict per method). Data and networks live on ``device``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = load_demo_data(seed)
+    device = torch.device(device)
+    data = {name: tensor.to(device) for name, tensor in load_demo_data(seed).items()}
     x_test, y_test = data["x_test"], data["y_test"]
     num_classes = 10
 
     pyro.set_rng_seed(seed)
-    net = DeterministicMLP(64, hidden, num_classes)
+    net = DeterministicMLP(64, hidden, num_classes).to(device)
     det_seconds = train_deterministic(
         net, (data["x_train"], data["y_train"]), num_epochs=num_epochs, batch_size=64, lr=1e-3,
         weight_decay=1e-4, seed=seed, progress=progress,
@@ -79,14 +81,15 @@ def run_demo(
 
     pyro.set_rng_seed(seed)
     model = LowRankMLP(64, hidden, rank=rank, output_rank=output_rank, likelihood="categorical",
-                       num_classes=num_classes, init_scale_factor=init_scale_factor)
+                       num_classes=num_classes, init_scale_factor=init_scale_factor).to(device)
     guide = FactorGuide(model)
     history = fit(
         model, guide, (data["x_train"], data["y_train"]), val_data=(data["x_val"], data["y_val"]),
         num_epochs=num_epochs, batch_size=64, lr=3e-3, kl_anneal_epochs=5, max_plate_nesting=1,
         seed=seed, progress=progress,
     )
-    bnn_probs = torch.softmax(predict(model, guide, x_test, num_samples)["f"], -1)
+    bnn_probs = torch.softmax(predict(model, guide, x_test, num_samples)["f"], -1).cpu()
+    det_probs, y_test = det_probs.cpu(), y_test.cpu()
     bnn_params = sum(p.numel() for p in guide.parameters())
 
     results = {}
