@@ -11,6 +11,13 @@ r"""Stochastic variational inference through Pyro's ``ELBOModule`` route.
 where the N/B factor comes from the model's data plate (``model(x, y, num_data=N)``) and
 :math:`\beta_t = \beta \min(1, (t+1)/T_\text{anneal})` is the linearly annealed KL weight.
 
+With ``distributed=True`` the loop runs data-parallel on an initialised ``torch.distributed`` process group (one
+process per rank, launched by ``torchrun``): the loss module is wrapped in ``DistributedDataParallel``, each rank
+takes its DistributedSampler shard of every epoch's permutation, ``batch_size`` stays the global minibatch size
+(``batch_size // world_size`` rows per rank and step) and every rank's data plate scales by the full N, so each rank's
+loss is an unbiased estimate of the full-data negative ELBO and DDP's gradient average is too; see
+:mod:`pyro_lowrank.inference.distributed` for the argument.
+
 Robustness: inputs with NaN/Inf are refused up front; a non-finite loss or gradient stops training, restores the
 state of the end of the last finished epoch (all of whose steps were finite) and raises
 :class:`~pyro_lowrank.TrainingDivergedError`. Checkpoints are atomic and carry the optimiser, both RNG streams and
@@ -35,6 +42,7 @@ from tqdm import tqdm
 from pyro_lowrank._validation import check_positive_int, check_xy
 from pyro_lowrank.errors import TrainingDivergedError
 
+from . import distributed as _dist
 from .checkpoint import load_checkpoint, save_checkpoint
 from .kl_weight import KLWeight, linear_kl_schedule
 from .predict import log_predictive_density
@@ -102,6 +110,7 @@ def fit(
     seed: int | None = None,
     progress: bool = True,
     callback: Callable[[int, dict[str, float]], bool | None] | None = None,
+    distributed: bool = False,
 ) -> FitResult:
     """Train ``guide`` (and any parameters of ``model``) by minibatch SVI.
 
@@ -116,7 +125,9 @@ def fit(
         Validation tensors: the predictive NLL (``val_num_samples`` draws) is computed each epoch and the best
         epoch's state is restored at the end.
     num_epochs, batch_size, lr : int, int, float
-        Epochs, minibatch size, learning rate of the default Adam optimiser.
+        Epochs, minibatch size, learning rate of the default Adam optimiser. With ``distributed=True``,
+        ``batch_size`` is the global minibatch size B: each of the W ranks takes ``B // W`` rows per step, so a
+        W-process run takes as many steps per epoch as a one-process run.
     optimizer : callable, optional
         ``params -> torch.optim.Optimizer``; default ``Adam(params, lr)``.
     elbo : pyro.infer.ELBO, optional
@@ -135,11 +146,22 @@ def fit(
     resume : bool
         Continue from ``checkpoint_path`` when it exists (same data and settings).
     seed : int, optional
-        Seeds Pyro's RNGs and the minibatch shuffling.
+        Seeds Pyro's RNGs and the minibatch shuffling. With ``distributed=True`` rank 0's value (a random one when
+        None) is used everywhere: rank r seeds Pyro with ``seed + r`` (its own noise) and the shuffle with ``seed``
+        (the same permutation on every rank, which the DistributedSampler shards).
     progress : bool
-        Show a tqdm progress bar over epochs.
+        Show a tqdm progress bar over epochs (on rank 0 only).
     callback : callable, optional
-        ``callback(epoch, record)`` after each epoch (after the checkpoint); returning ``True`` stops training.
+        ``callback(epoch, record)`` after each epoch (after the checkpoint); returning ``True`` stops training. With
+        ``distributed=True`` it runs on every rank (so it may use collectives) and any rank's ``True`` stops all.
+    distributed : bool
+        Data-parallel training over the initialised default ``torch.distributed`` process group (see the module
+        docstring): the reported ``train_loss`` is the mean over ranks, the validation NLL is sharded over the ranks
+        and all-reduced (so early stopping decides the same everywhere), a non-finite loss on any rank raises
+        :class:`~pyro_lowrank.TrainingDivergedError` on every rank, and rank 0 alone writes the checkpoint (the
+        unwrapped loss module's ``state_dict``, so it resumes with any number of processes; ``checkpoint_path``
+        must be visible to every rank). Every trainable parameter must receive a gradient in every step (DDP's
+        rule without ``find_unused_parameters``).
 
     Returns
     -------
@@ -148,7 +170,9 @@ def fit(
     Raises
     ------
     ValueError
-        Bad arguments, or NaN/Inf in the data.
+        Bad arguments (including ``batch_size < world_size`` when distributed), or NaN/Inf in the data.
+    RuntimeError
+        ``distributed=True`` without an initialised process group.
     TrainingDivergedError
         The loss or its gradient became non-finite.
     """
@@ -180,10 +204,17 @@ def fit(
             "and guide are built (importing pyro_lowrank sets it)"
         )
     num_data = x.shape[0]
-    steps_per_epoch = math.ceil(num_data / batch_size)
+    rank, world_size = _dist.require_process_group(batch_size) if distributed else (0, 1)
+    shard = _dist.shard_positions(num_data, rank, world_size) if distributed else None
+    local_rows = shard.numel() if distributed else num_data  # ceil(N / W) rows per rank and epoch
+    local_batch = batch_size // world_size
+    steps_per_epoch = math.ceil(local_rows / local_batch)
     anneal_steps = int(round(kl_anneal_epochs * steps_per_epoch))
 
-    if seed is not None:
+    if distributed:  # rank 0's seed everywhere: the same permutation on every rank, different noise per rank
+        seed = _dist.broadcast_object(seed if seed is not None else int(torch.randint(2**31, ()).item()))
+        pyro.set_rng_seed(seed + rank)
+    elif seed is not None:
         pyro.set_rng_seed(seed)
     shuffle = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
     if elbo is None:
@@ -200,38 +231,50 @@ def fit(
 
     result = FitResult()
     best_state = None
-    if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
-        best_state = _restore(checkpoint_path, loss_module, opt, shuffle, result, num_data, batch_size)
+    exists = checkpoint_path is not None and os.path.exists(checkpoint_path)
+    if resume and (_dist.broadcast_object(exists) if distributed else exists):  # rank 0 decides for everyone
+        best_state = _restore(checkpoint_path, loss_module, opt, shuffle, result, num_data, batch_size, rank,
+                              world_size)
         logger.info("resumed from %s at epoch %d", checkpoint_path, result.epochs_run)
     last_good = _snapshot(loss_module, opt, result.epochs_run - 1)
     first_step = result.steps
+    forward = _dist.wrap_ddp(loss_module) if distributed else loss_module  # state stays with the unwrapped module
+
+    def save() -> None:
+        _save(checkpoint_path, loss_module, opt, shuffle, result, best_state, num_data, batch_size, world_size)
 
     epochs = range(result.epochs_run, num_epochs) if not result.stopped_early else range(0)
-    bar = tqdm(epochs, desc="fit", disable=not progress, leave=False)
+    bar = tqdm(epochs, desc="fit", disable=not progress or rank != 0, leave=False)
     for epoch in bar:
         start = time.perf_counter()
-        loss_module.train()
+        forward.train()
         perm = torch.randperm(num_data, generator=shuffle)
+        rows = perm[shard] if distributed else perm  # this rank's DistributedSampler shard of the permutation
         epoch_loss = 0.0
-        for begin in range(0, num_data, batch_size):
-            index = perm[begin : begin + batch_size].to(x.device)
+        for begin in range(0, local_rows, local_batch):
+            index = rows[begin : begin + local_batch].to(x.device)
             beta = linear_kl_schedule(result.steps, kl_weight, anneal_steps)
             opt.zero_grad(set_to_none=True)
+            error = None
             try:
                 with KLWeight(beta):
-                    loss = loss_module(x[index], y[index], num_data=num_data)
-            except ValueError as error:
-                # After a step, a ValueError from Pyro's argument validation (a NaN parameter, a scale that
-                # underflowed to 0) is divergence; before any step it is a genuine error of the model or the data.
-                if result.steps == first_step:
-                    raise
-                _diverged(loss_module, opt, last_good, result, epoch, math.nan, f"parameters ({error})", error)
-            value = float(loss.detach())
+                    loss = forward(x[index], y[index], num_data=num_data)
+                value = float(loss.detach())
+            except ValueError as exc:
+                if not distributed:
+                    _value_error(exc, result.steps == first_step, loss_module, opt, last_good, result, epoch)
+                error, value = exc, math.nan
+            if distributed:  # every rank learns of a failure anywhere, so all stop together (nobody deadlocks)
+                value, _, errors = _dist.reduce_step_loss(value, error is not None)
+                if errors:
+                    cause = error if error is not None else ValueError(
+                        "the model or guide raised a ValueError on another rank (see its traceback)")
+                    _value_error(cause, result.steps == first_step, loss_module, opt, last_good, result, epoch)
             if not math.isfinite(value):
                 _diverged(loss_module, opt, last_good, result, epoch, value, "loss")
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm if clip_grad_norm is not None else math.inf)
-            if not bool(torch.isfinite(norm)):
+            if not bool(torch.isfinite(norm)):  # DDP-averaged gradients: the same verdict on every rank
                 _diverged(loss_module, opt, last_good, result, epoch, value, "gradient")
             opt.step()
             result.steps += 1
@@ -239,8 +282,11 @@ def fit(
         result.train_loss.append(epoch_loss / steps_per_epoch / num_data)
         record = {"epoch": epoch, "train_loss": result.train_loss[-1], "kl_weight": beta}
         if val_data is not None:
-            loss_module.eval()
-            val_nll = float(-log_predictive_density(model, guide, x_val, y_val, val_num_samples).mean())
+            forward.eval()
+            if distributed:
+                val_nll = _dist.sharded_val_nll(model, guide, x_val, y_val, val_num_samples)
+            else:
+                val_nll = float(-log_predictive_density(model, guide, x_val, y_val, val_num_samples).mean())
             result.val_nll.append(val_nll)
             record["val_nll"] = val_nll
             if val_nll < result.best_val_nll:
@@ -256,13 +302,15 @@ def fit(
         result.stopped_early = patience is not None and result.bad_epochs >= patience
         if checkpoint_path is not None and (result.epochs_run % checkpoint_every == 0 or result.stopped_early
                                             or result.epochs_run == num_epochs):
-            _save(checkpoint_path, loss_module, opt, shuffle, result, best_state, num_data, batch_size)
+            save()
         bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "epoch"})
         logger.debug("epoch %d: %s", epoch, record)
-        if not result.stopped_early and callback is not None and callback(epoch, record):
-            result.stopped_early = True  # persist the callback's stop so that a resume does not train on
-            if checkpoint_path is not None:
-                _save(checkpoint_path, loss_module, opt, shuffle, result, best_state, num_data, batch_size)
+        if not result.stopped_early and callback is not None:
+            stop = bool(callback(epoch, record))
+            if (_dist.any_rank(stop) if distributed else stop):
+                result.stopped_early = True  # persist the callback's stop so that a resume does not train on
+                if checkpoint_path is not None:
+                    save()
         if result.stopped_early:
             break
     bar.close()
@@ -274,6 +322,14 @@ def fit(
 def _snapshot(loss_module: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int) -> dict[str, Any]:
     return {"loss_module": copy.deepcopy(loss_module.state_dict()), "optimizer": copy.deepcopy(opt.state_dict()),
             "epoch": epoch}
+
+
+def _value_error(error: ValueError, first: bool, loss_module, opt, last_good, result: FitResult, epoch: int) -> None:
+    # After a step, a ValueError from Pyro's argument validation (a NaN parameter, a scale that underflowed to 0) is
+    # divergence; before any step it is a genuine error of the model or the data.
+    if first:
+        raise error
+    _diverged(loss_module, opt, last_good, result, epoch, math.nan, f"parameters ({error})", error)
 
 
 def _diverged(loss_module, opt, last_good, result: FitResult, epoch: int, value: float, what: str,
@@ -291,10 +347,12 @@ def _diverged(loss_module, opt, last_good, result: FitResult, epoch: int, value:
     ) from cause
 
 
-def _save(path, loss_module, opt, shuffle, result, best_state, num_data, batch_size) -> None:
-    save_checkpoint(
-        {
-            "loss_module": loss_module.state_dict(),
+def _save(path, loss_module, opt, shuffle, result, best_state, num_data, batch_size, world_size=1) -> None:
+    rank_rng = _dist.gather_rng_states() if world_size > 1 else None  # collective: on every rank
+
+    def write() -> None:
+        state = {
+            "loss_module": loss_module.state_dict(),  # the unwrapped module's: no DDP "module." prefixes
             "optimizer": opt.state_dict(),
             "shuffle_rng": shuffle.get_state(),
             "rng": pyro.util.get_rng_state(),
@@ -302,12 +360,20 @@ def _save(path, loss_module, opt, shuffle, result, best_state, num_data, batch_s
             "best_state": best_state,
             "num_data": num_data,
             "batch_size": batch_size,
-        },
-        path,
-    )
+            "world_size": world_size,
+        }
+        if rank_rng is not None:
+            state["rank_rng"] = rank_rng
+        save_checkpoint(state, path)
+
+    if world_size > 1:
+        _dist.run_on_main(write, f"write the checkpoint {path}")  # rank 0 writes; the others wait for it
+    else:
+        write()
 
 
-def _restore(path, loss_module, opt, shuffle, result: FitResult, num_data: int, batch_size: int):
+def _restore(path, loss_module, opt, shuffle, result: FitResult, num_data: int, batch_size: int, rank: int = 0,
+             world_size: int = 1):
     state = load_checkpoint(path)
     for key, expected in (("num_data", num_data), ("batch_size", batch_size)):
         if state[key] != expected:
@@ -315,7 +381,10 @@ def _restore(path, loss_module, opt, shuffle, result: FitResult, num_data: int, 
     loss_module.load_state_dict(state["loss_module"])
     opt.load_state_dict(state["optimizer"])
     shuffle.set_state(state["shuffle_rng"])
-    pyro.util.set_rng_state(state["rng"])
+    if world_size > 1:
+        _dist.restore_rank_rng(state, rank, world_size)
+    else:
+        pyro.util.set_rng_state(state["rng"])
     for key, value in state["result"].items():
         setattr(result, key, value)
     return state["best_state"]
