@@ -26,6 +26,7 @@ from torch import nn
 from torch.distributions import biject_to
 
 from pyro_lowrank._validation import check_positive
+from pyro_lowrank.distributions.factor_normal import FactorNormal
 
 __all__ = ["FactorGuide", "factor_initial_scales", "factor_initial_values", "init_to_factors"]
 
@@ -133,7 +134,7 @@ class FactorGuide(AutoNormal):
                     if frame.vectorized:
                         stack.enter_context(plates[frame.name])
                 loc, scale = self._get_loc_and_scale(name)
-                fn = dist.Normal(loc, scale).to_event(self._event_dims[name])
+                fn = FactorNormal(loc, scale).to_event(self._event_dims[name])
                 support = site["fn"].support
                 if not _is_real(support):
                     fn = dist.TransformedDistribution(fn, biject_to(support))
