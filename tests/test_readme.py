@@ -71,3 +71,18 @@ def test_architecture_snippet_fits_the_papers_lstm():
     namespace.update(y_train=torch.randn(64, generator=g), y_val=torch.randn(16, generator=g))
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["draws"]["mean"].shape == (3, 8) and namespace["method"].num_parameters == 43304
+
+
+def test_compiled_elbo_snippet_trains_the_quickstart_model():
+    import textwrap
+
+    namespace = _run_quickstart()
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    code = textwrap.dedent(next(b for b in blocks if "JitTraceMeanField_ELBO" in b))
+    code = code.replace("max_plate_nesting=1))", "max_plate_nesting=1), num_epochs=3, progress=False)")
+    code = code.replace("fit(model", "result = fit(model")
+    before = {k: v.clone() for k, v in namespace["guide"].state_dict().items()}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["result"].steps == 3 * 2 and all(torch.isfinite(torch.tensor(namespace["result"].train_loss)))
+    after = namespace["guide"].state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the compiled ELBO trained the guide
