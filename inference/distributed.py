@@ -180,10 +180,11 @@ def require_process_group(batch_size: int) -> tuple[int, int]:
             f"batch_size is the global minibatch size, split over the processes, so with distributed=True it must "
             f"be >= world_size; got batch_size={batch_size} with world_size={world_size}"
         )
-    if batch_size % world_size and rank == 0:
-        logger.warning("batch_size=%d is not a multiple of world_size=%d: each rank takes %d rows per step, so the "
-                       "effective global minibatch is %d", batch_size, world_size, batch_size // world_size,
-                       batch_size // world_size * world_size)
+    if batch_size % world_size:
+        raise ValueError(
+            f"batch_size is the global minibatch size, split evenly over the processes, so with distributed=True it "
+            f"must be a multiple of world_size; got batch_size={batch_size} with world_size={world_size}"
+        )
     return rank, world_size
 
 

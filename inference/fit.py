@@ -170,7 +170,8 @@ def fit(
     Raises
     ------
     ValueError
-        Bad arguments (including ``batch_size < world_size`` when distributed), or NaN/Inf in the data.
+        Bad arguments (including a ``batch_size`` that is not a multiple of ``world_size`` when distributed), or
+        NaN/Inf in the data.
     RuntimeError
         ``distributed=True`` without an initialised process group.
     TrainingDivergedError
@@ -236,9 +237,9 @@ def fit(
         best_state = _restore(checkpoint_path, loss_module, opt, shuffle, result, num_data, batch_size, rank,
                               world_size)
         logger.info("resumed from %s at epoch %d", checkpoint_path, result.epochs_run)
-    last_good = _snapshot(loss_module, opt, result.epochs_run - 1)
-    first_step = result.steps
     forward = _dist.wrap_ddp(loss_module) if distributed else loss_module  # state stays with the unwrapped module
+    last_good = _snapshot(loss_module, opt, result.epochs_run - 1)  # after DDP's broadcast: the same on every rank
+    first_step = result.steps
 
     def save() -> None:
         _save(checkpoint_path, loss_module, opt, shuffle, result, best_state, num_data, batch_size, world_size)

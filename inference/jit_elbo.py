@@ -18,9 +18,13 @@ arguments, the values of the other arguments (``num_data=...``), the identity of
 and buffers (a ``.to(device)`` or a new guide re-traces), and the ``training`` flags. The KL weight :math:`\beta` of
 an enclosing :class:`~pyro_lowrank.inference.KLWeight` handler is passed in as a tensor, so annealing never
 re-traces. What must not vary between calls with the same key: the control flow (data-dependent branches, shapes that
-depend on tensor values such as trimming padding) -- the same restriction as Pyro's own JIT ELBOs. A first-call check
-(``check_trace=True``) replays the traced graph and the eager ELBO from the same random state and raises if they
-differ.
+depend on tensor values such as trimming padding) -- the same restriction as Pyro's own JIT ELBOs. With
+``check_trace=True`` the traced graph is replayed beside the eager ELBO from the same random state twice: on the
+first call (other random draws than the traced ones: catches branches on sampled values) and on the second call of
+the signature (other data: catches branches and shapes that depend on the data, when that batch takes another path);
+a disagreement raises. It is a check, not a proof: a data-dependent path that the first two batches share goes
+unnoticed. Tensors are inputs whether passed by position or by keyword; enclosing Pyro handlers other than
+``KLWeight`` are refused, because the replayed graph cannot apply them.
 
 Why not Pyro's :class:`pyro.infer.JitTraceMeanField_ELBO`: with module-local parameters (the ``ELBOModule`` route this
 library uses) it looks its parameters up in the global param store, where they are not; and in pyro 1.9.2 it
@@ -58,18 +62,42 @@ def _state_tensors(*modules: Any) -> list[torch.Tensor]:
     return list(seen.values())
 
 
-def _signature(value: Any) -> Any:
+def _signature(value: Any, where: str) -> Any:
     """A hashable description of an argument: tensors by shape, dtype, device and grad flag, the rest by value."""
     if isinstance(value, torch.Tensor):
         return ("tensor", tuple(value.shape), value.dtype, value.device, value.requires_grad)
+    if isinstance(value, (list, tuple, dict, set)):
+        items = value.values() if isinstance(value, dict) else value
+        if any(isinstance(item, torch.Tensor) for item in items):
+            raise TypeError(f"JitTraceMeanField_ELBO passes tensors to the compiled loss one by one: {where} is a "
+                            f"{type(value).__name__} holding tensors; pass each tensor as its own argument")
     try:
         hash(value)
     except TypeError as error:
         raise TypeError(
             "JitTraceMeanField_ELBO traces the loss once per argument signature, so every non-tensor argument must "
-            f"be hashable; got an argument of type {type(value).__name__}"
+            f"be hashable; {where} is of type {type(value).__name__}"
         ) from error
     return ("value", value)
+
+
+def _tensor_inputs(args: tuple, kwargs: dict) -> tuple[list[int], list[str]]:
+    """Positions of the tensor arguments and names of the tensor keyword arguments (sorted): the compiled loss's
+    data inputs. Everything else is a constant of the trace (and part of its cache key)."""
+    positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    names = sorted(name for name, value in kwargs.items() if isinstance(value, torch.Tensor))
+    return positions, names
+
+
+def _check_handlers() -> None:
+    """Refuse to run under Pyro handlers other than :class:`KLWeight`: the compiled graph would ignore them."""
+    others = [type(handler).__name__ for handler in _PYRO_STACK if not isinstance(handler, KLWeight)]
+    if others:
+        raise RuntimeError(
+            f"JitTraceMeanField_ELBO replays a recorded graph and cannot apply the enclosing Pyro handlers {others} "
+            "(only KLWeight is passed through, as an input of the graph); call it outside them, or use "
+            "TraceMeanField_ELBO"
+        )
 
 
 def _active_kl_weight() -> float:
@@ -91,8 +119,9 @@ class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
     Parameters
     ----------
     check_trace : bool
-        On each new trace, replay the traced graph and the eager ELBO from the same random state and raise a
-        ``RuntimeError`` if they disagree (a model whose control flow depends on the data cannot be traced).
+        Replay the traced graph beside the eager ELBO from the same random state on the first and the second call
+        of each signature, and raise a ``RuntimeError`` if they disagree (control flow that depends on sampled
+        values or on the data cannot be traced; see the module docstring).
     **kwargs
         As :class:`~pyro.infer.TraceMeanField_ELBO` (``num_particles``, ``vectorize_particles``,
         ``max_plate_nesting``, ...), plus Pyro's ``ignore_jit_warnings`` and ``jit_options``.
@@ -102,17 +131,42 @@ class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
     With module-local parameters (``pyro.settings.get("module_local_params")``, which importing pyro_lowrank turns
     on), the model and guide must be ``nn.Module`` s and their parameters must exist after one eager call (lazy
     autoguides are set up by that call). With the global param store, it defers to Pyro's implementation, with the
-    re-tracing bug of pyro 1.9.2 worked around.
+    re-tracing bug of pyro 1.9.2 worked around (and without ``KLWeight``). Compiled graphs are cached on the ELBO
+    object and hold their model and guide: use one ELBO object per training run.
     """
 
     def __init__(self, *, check_trace: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.check_trace = bool(check_trace)
         self._traced: dict[tuple, Callable] = {}
+        self._unchecked_keys: set[tuple] = set()
+        self._global_closures: dict[tuple[int, int], Callable] = {}
 
     # ------------------------------------------------------------------ the loss
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The negative ELBO (a scalar tensor with a gradient), from the compiled graph of this call's signature."""
+        """The negative ELBO from the compiled graph of this call's signature (compiled on first use).
+
+        Parameters
+        ----------
+        model, guide : nn.Module
+            The Pyro model and guide (``PyroModule`` s / autoguides).
+        *args, **kwargs
+            The model's arguments. Tensors (positional or keyword) are inputs of the graph; any other value is a
+            constant of it and part of the cache key.
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar with a gradient with respect to the model's and guide's parameters.
+
+        Raises
+        ------
+        TypeError
+            A non-``nn.Module`` model or guide, an unhashable non-tensor argument, or a container of tensors.
+        RuntimeError
+            Enclosing Pyro handlers other than ``KLWeight``, or a traced graph that disagrees with the eager ELBO.
+        """
+        _check_handlers()
         if not pyro.settings.get("module_local_params"):
             return self._global_store_loss(model, guide, *args, **kwargs)
         for role, module in (("model", model), ("guide", guide)):
@@ -125,30 +179,55 @@ class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
         key = self._key(model, guide, args, kwargs)
         traced = self._traced.get(key)
         if traced is None:
-            traced = self._compile(model, guide, args, kwargs)
+            # The first call of a signature is computed eagerly (it also sets up a lazy guide's parameters), so it
+            # draws from the generator exactly as the eager ELBO would; the trace and its check run on a forked
+            # generator. A compiled fit therefore consumes the same random stream as an eager one.
+            loss = self._eager_loss(model, guide, args, kwargs, beta)
             key = self._key(model, guide, args, kwargs)  # a lazy guide has created its parameters by now
-            self._traced[key] = traced
+            self._traced[key] = self._compile(model, guide, args, kwargs)
+            self._unchecked_keys.add(key)
+            return loss
+        if key in self._unchecked_keys:
+            # The second call of a signature checks the graph on other data: branches and shapes that depend on
+            # the data (not only on random draws) show up here.
+            self._unchecked_keys.discard(key)
+            if self.check_trace:
+                self._check(traced, self._loss_fn(model, guide, args, kwargs), self._inputs(model, guide, args, kwargs),
+                            args)
+        return traced(*self._inputs(model, guide, args, kwargs, beta))
+
+    def _inputs(self, model: nn.Module, guide: nn.Module, args: tuple, kwargs: dict, beta: float = 1.0) -> tuple:
         tensors = _state_tensors(model, guide)
         reference = next((t for t in tensors if t.is_floating_point()), None)
         beta_tensor = torch.tensor(beta, dtype=reference.dtype if reference is not None else None,
                                    device=reference.device if reference is not None else None)
-        return traced(*tensors, beta_tensor, *(a for a in args if isinstance(a, torch.Tensor)))
+        positions, names = _tensor_inputs(args, kwargs)
+        return (*tensors, beta_tensor, *(args[i] for i in positions), *(kwargs[name] for name in names))
 
     def _global_store_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
-        loss = super().differentiable_loss(model, guide, *args, **kwargs)
+        if _active_kl_weight() != 1.0:
+            raise NotImplementedError(
+                "JitTraceMeanField_ELBO with the global param store bakes the KL weight into its graph; use "
+                "module-local parameters (import pyro_lowrank) for KLWeight"
+            )
         # Workaround for pyro 1.9.2: JitTraceMeanField_ELBO.differentiable_loss tests
         # `getattr(self, "_loss_and_surrogate_loss", None) is None` but stores the compiled closure in
         # `self._differentiable_loss`, so the test never passes and every call builds (and traces) a new compiled
-        # function. Pointing the tested attribute at the stored closure makes later calls reuse it.
+        # function. Pointing the tested attribute at the stored closure makes later calls reuse it; one closure is
+        # kept per (model, guide) pair, because Pyro's closure captures the pair it was built for.
+        pair = (id(model), id(guide))
+        self._differentiable_loss = self._global_closures.get(pair)
         self._loss_and_surrogate_loss = self._differentiable_loss
+        loss = super().differentiable_loss(model, guide, *args, **kwargs)
+        self._global_closures[pair] = self._differentiable_loss
         return loss
 
     def _key(self, model: nn.Module, guide: nn.Module, args: tuple, kwargs: dict) -> tuple:
         return (
-            id(model), id(guide), model.training, guide.training,
+            id(model), id(guide), tuple(m.training for m in (*model.modules(), *guide.modules())),
             tuple(id(t) for t in _state_tensors(model, guide)),
-            tuple(_signature(a) for a in args),
-            tuple(sorted((name, _signature(value)) for name, value in kwargs.items())),
+            tuple(_signature(a, f"positional argument {i}") for i, a in enumerate(args)),
+            tuple(sorted((name, _signature(value, f"keyword argument {name!r}")) for name, value in kwargs.items())),
         )
 
     # ------------------------------------------------------------------ compilation
@@ -165,23 +244,25 @@ class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
                 loss = loss + surrogate / self.num_particles
         return loss
 
-    def _compile(self, model: nn.Module, guide: nn.Module, args: tuple, kwargs: dict) -> Callable:
-        with torch.random.fork_rng(devices=_cuda_devices(args)):  # set up lazy parameters, leave the RNG as it was
-            self._eager_loss(model, guide, args, kwargs, 1.0)
-        tensors = _state_tensors(model, guide)
-        reference = next((t for t in tensors if t.is_floating_point()), None)
-        beta = torch.tensor(1.0, dtype=reference.dtype if reference is not None else None,
-                            device=reference.device if reference is not None else None)
-        tensor_positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
-        num_state = len(tensors)
+    def _loss_fn(self, model: nn.Module, guide: nn.Module, args: tuple, kwargs: dict) -> Callable:
+        """The eager ELBO as a function of the graph's inputs (state tensors, beta, tensor arguments)."""
+        num_state = len(_state_tensors(model, guide))
+        positions, names = _tensor_inputs(args, kwargs)
 
         def loss_fn(*inputs: torch.Tensor) -> torch.Tensor:
+            data = inputs[num_state + 1:]
             call_args = list(args)
-            for position, value in zip(tensor_positions, inputs[num_state + 1:]):
+            for position, value in zip(positions, data[: len(positions)]):
                 call_args[position] = value
-            return self._eager_loss(model, guide, tuple(call_args), kwargs, inputs[num_state])
+            call_kwargs = dict(kwargs)
+            call_kwargs.update(zip(names, data[len(positions):]))
+            return self._eager_loss(model, guide, tuple(call_args), call_kwargs, inputs[num_state])
 
-        inputs = (*tensors, beta, *(args[i] for i in tensor_positions))
+        return loss_fn
+
+    def _compile(self, model: nn.Module, guide: nn.Module, args: tuple, kwargs: dict) -> Callable:
+        loss_fn = self._loss_fn(model, guide, args, kwargs)
+        inputs = self._inputs(model, guide, args, kwargs)
         with warnings.catch_warnings(), pyro.validation_enabled(False):
             warnings.simplefilter("ignore")  # TracerWarnings about Python values taken from tensors (shapes)
             # Traced with autograd on, whatever the caller's mode: the graph must be the differentiable one (without

@@ -28,7 +28,22 @@ def layer_stack(x: torch.Tensor, layers: Sequence[nn.Module], activation: nn.Mod
     :data:`TILE_BYTES` that stay in cache, a ReLU is applied in place, and a square hidden layer that supports it
     (``out=``, as :class:`~pyro_lowrank.nn.LowRankLinear`) writes its output over its input. Rows (dimension -2 of
     ``x``, the data points) are independent, so tiling changes no value when every layer is deterministic given its
-    weights; it is used only then (all layers :class:`~pyro_lowrank.nn.LowRankLinear`).
+    weights and the activation acts on each row alone; it is used only then (all layers
+    :class:`~pyro_lowrank.nn.LowRankLinear`, inside a ``PyroModule`` call so that every tile sees the same draws).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Inputs ``(..., N, n)``.
+    layers : sequence of nn.Module
+        The layers, first to last.
+    activation : nn.Module
+        Applied between layers (not after the last).
+
+    Returns
+    -------
+    torch.Tensor
+        The output of the last layer.
     """
     if torch.is_grad_enabled():
         h = x
@@ -37,7 +52,10 @@ def layer_stack(x: torch.Tensor, layers: Sequence[nn.Module], activation: nn.Mod
             if i < len(layers) - 1:
                 h = activation(h)
         return h
-    if x.dim() < 2 or not all(isinstance(layer, LowRankLinear) for layer in layers):
+    # Tiles must see the same weight draws: only inside a PyroModule call, whose context caches each sample site
+    # (outside one, every access of a layer's A and B would draw them anew).
+    cached = all(isinstance(layer, LowRankLinear) and layer._pyro_context.active for layer in layers)
+    if x.dim() < 2 or not cached:
         return _stack_no_grad(x, layers, activation)[0]
     rows = x.shape[-2]
     first, widest = _stack_no_grad(x[..., : min(rows, 32), :], layers, activation)
@@ -62,8 +80,11 @@ def _stack_no_grad(x: torch.Tensor, layers: Sequence[nn.Module], activation: nn.
         else:
             out = layer(h)
         if i < len(layers) - 1:
+            # In place only on a LowRankLinear's output, a fresh product; other layers may return a tensor that a
+            # Pyro trace records (local reparameterisation samples the pre-activations as a site).
+            fresh = isinstance(layer, LowRankLinear)
             shares_input = out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
-            out = torch.relu_(out) if relu and not shares_input else activation(out)
+            out = torch.relu_(out) if relu and fresh and not shares_input else activation(out)
             widest = max(widest, out.numel() * out.element_size())
         h = out
     return h, widest

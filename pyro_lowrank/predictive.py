@@ -89,6 +89,24 @@ def vectorized_traces(
     ``plate_depth`` is the model's plate nesting if the caller knows it (else one extra trace reads it). With
     ``keep_sites``, sites flagged ``infer={PREDICTIVE_LEAF: True}`` that are not listed are not drawn (their trace
     value is a zero placeholder).
+
+    Parameters
+    ----------
+    model, guide : callable
+        The Pyro model and its guide.
+    inputs : sequence of (args, kwargs)
+        The model's arguments for each replay; the guide is called with the first.
+    num_samples : int
+        S, the draws.
+    plate_depth : int, optional
+        The model's plate nesting.
+    keep_sites : sequence of str, optional
+        The sites the caller reads; unlisted predictive-leaf sites are not drawn.
+
+    Returns
+    -------
+    list of pyro.poutine.Trace
+        One model trace per entry of ``inputs``, all with the same S guide draws.
     """
     check_positive_int(num_samples, "num_samples")
     first_args, first_kwargs = inputs[0]

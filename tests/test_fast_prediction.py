@@ -126,3 +126,37 @@ def test_draw_chunks_give_the_same_number_of_draws_and_the_same_distribution():
     assert torch.allclose(one, split, atol=1e-6)
     with pytest.raises(ValueError, match="draw_batch_size"):
         predict(model, guide, x, 8, draw_batch_size=0)
+
+
+def test_network_called_outside_a_model_call_uses_one_draw_for_every_row():
+    model, _ = _trained_pair()
+    x = torch.randn(1, 6).expand(300, 6).contiguous()
+    with torch.no_grad():
+        out = model.network(x)  # no PyroModule context: no tiling, so one draw of the weights for all rows
+    assert torch.allclose(out, out[:1].expand_as(out))
+
+
+@pytest.mark.parametrize("kind", ["gaussian-lowrank", "mean-field-local", "rank1"])
+def test_prediction_without_autograd_equals_the_autograd_pass(kind):
+    from pyro_lowrank.models import MeanFieldMLP, Rank1MLP
+
+    pyro.set_rng_seed(0)
+    if kind == "gaussian-lowrank":
+        model = LowRankMLP(6, [40, 40], rank=4, likelihood="gaussian")
+        y = torch.zeros(2)
+    elif kind == "mean-field-local":
+        model = MeanFieldMLP(6, [40, 40], num_classes=3)
+        y = torch.tensor([0, 1])
+    else:
+        model = Rank1MLP(6, [40, 40], num_classes=3)
+        y = torch.tensor([0, 1])
+    guide = FactorGuide(model)
+    guide(torch.randn(2, 6), y)
+    x = torch.randn(200, 6)
+    pyro.set_rng_seed(4)
+    with torch.no_grad():
+        fast = predict(model, guide, x, 6)["f"]
+    pyro.set_rng_seed(4)
+    with torch.enable_grad():
+        slow = _predict_with_grad(model, guide, x, 6).reshape(fast.shape)
+    assert torch.allclose(fast, slow, atol=1e-5)

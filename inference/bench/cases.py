@@ -95,6 +95,7 @@ class StandardPyroMLP(PyroModule):
 def _standard_route(widths: Sequence[int], device: torch.device, x: torch.Tensor):
     """Model, guide and SVI of the standard route, built with the global param store (as in Pyro's tutorials)."""
     with pyro.settings.context(module_local_params=False):
+        pyro.clear_param_store()  # the route keeps its parameters in the global store: start it empty
         model = StandardPyroMLP(widths).to(device)
         guide = AutoNormal(model)
         svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
@@ -109,15 +110,18 @@ def _bayesian_torch_mlp(widths: Sequence[int], device: torch.device) -> nn.Modul
             super().__init__()
             self.layers = nn.ModuleList(LinearReparameterization(a, b) for a, b in zip(widths[:-1], widths[1:]))
 
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def forward(self, x: torch.Tensor, return_kl: bool = True):
             kl = 0.0
             h = x
             for i, layer in enumerate(self.layers):
-                h, layer_kl = layer(h)
-                kl = kl + layer_kl
+                if return_kl:
+                    h, layer_kl = layer(h)
+                    kl = kl + layer_kl
+                else:  # prediction: the layers skip their KL
+                    h = layer(h, return_kl=False)
                 if i < len(self.layers) - 1:
                     h = torch.relu(h)
-            return h, kl
+            return (h, kl) if return_kl else h
 
     return BayesianTorchMLP().to(device)
 
@@ -134,9 +138,26 @@ def training_cases(
 ) -> dict[str, Case]:
     """One optimisation step of every route, on the same minibatch (see the module docstring).
 
-    ``include`` keeps only the named routes among ``deterministic``, ``low-rank``, ``low-rank eager``,
-    ``low-rank AutoNormal``, ``mean-field``, ``standard Pyro`` and ``bayesian-torch``; the low-rank cases are named
-    ``low-rank r=<rank>`` etc.
+    Parameters
+    ----------
+    widths : sequence of int
+        Input, hidden and output widths of the MLP.
+    ranks : sequence of int
+        Ranks of the low-rank cases (named ``low-rank r=<rank>``, ``low-rank eager r=<rank>``, ...).
+    batch_size, num_data : int
+        Minibatch size and the dataset size that scales the likelihood.
+    device : torch.device or str
+        Where the data and networks live.
+    include : sequence of str, optional
+        Keep only these routes among ``deterministic``, ``low-rank``, ``low-rank eager``, ``low-rank AutoNormal``,
+        ``mean-field``, ``standard Pyro`` and ``bayesian-torch`` (the last only when installed).
+    seed : int
+        Seeds the data and the initialisations.
+
+    Returns
+    -------
+    dict of str to Case
+        One optimisation step per route, and the number of numbers it optimises.
     """
     device = torch.device(device)
     n_in, hidden, classes = _hidden_and_classes(widths)
@@ -192,7 +213,7 @@ def training_cases(
         _, _, svi = _standard_route(widths, device, x)
         with pyro.settings.context(module_local_params=False):
             svi.step(x, y, num_data=num_data)  # parameter creation
-            count = sum(p.numel() for p in pyro.get_param_store().values())
+            count = sum(p.numel() for p in svi.guide.parameters())
 
         def svi_step() -> None:
             with pyro.settings.context(module_local_params=False):
@@ -227,6 +248,27 @@ def prediction_cases(
     """S = ``num_samples`` predictive draws for ``num_inputs`` inputs by every route, and one deterministic forward.
 
     The Bayesian routes' guides are set up (untrained: prediction cost does not depend on the parameter values).
+
+    Parameters
+    ----------
+    widths : sequence of int
+        Input, hidden and output widths of the MLP.
+    rank : int
+        Rank of the low-rank case.
+    num_samples, num_inputs : int
+        S draws for this many inputs.
+    device : torch.device or str
+        Where the inputs and networks live.
+    include : sequence of str, optional
+        Keep only these routes among ``deterministic``, ``low-rank``, ``mean-field``, ``standard Pyro`` and
+        ``bayesian-torch``.
+    seed : int
+        Seeds the inputs and the initialisations.
+
+    Returns
+    -------
+    dict of str to Case
+        One predictive pass per route (``parameters`` counts the guide's numbers, 0 for the standard route).
     """
     device = torch.device(device)
     n_in, hidden, classes = _hidden_and_classes(widths)
@@ -277,7 +319,7 @@ def prediction_cases(
 
         def bt_predict() -> torch.Tensor:
             with torch.no_grad():
-                return torch.stack([bt(x)[0] for _ in range(num_samples)])
+                return torch.stack([bt(x, return_kl=False) for _ in range(num_samples)])
 
         cases["bayesian-torch loop"] = Case(bt_predict, _count(bt.parameters()))
     return cases

@@ -87,13 +87,13 @@ def _measure(name: str, module: nn.Module, step: Callable[[], None], optimizer: 
 
 def transformer_memory(
     *,
-    vocab_size: int = 30522,
+    vocab_size: int = 8000,
     d_model: int = 256,
     num_layers: int = 4,
     num_heads: int = 4,
     dim_feedforward: int = 512,
     seq_len: int = 64,
-    batch_size: int = 32,
+    batch_size: int = 64,
     rank: int = 16,
     num_data: int = 67349,
     lr: float = 5e-4,
@@ -107,7 +107,7 @@ def transformer_memory(
     Parameters
     ----------
     vocab_size : int
-        V (default: BERT's 30,522 WordPiece entries; the SST-2 experiment's own vocabulary has 8,000).
+        V (default: the SST-2 experiment's vocabulary of 8,000 word pieces).
     d_model, num_layers, num_heads, dim_feedforward : int
         Encoder sizes (the paper's 256, 4, 4, 512).
     seq_len, batch_size : int

@@ -191,7 +191,7 @@ def format_markdown(result: dict[str, Any]) -> str:
     widths = "-".join(map(str, config["widths"]))
     lines += [f"Training step, MLP {widths}, batch {config['batch_size']} (median of {config['rounds']} interleaved "
               f"rounds of {config['repeats']} steps)", "",
-              "| case | median ms | min-max ms | ratio to deterministic | optimised parameters | peak MB |",
+              "| case | median ms | min-max ms | ratio to deterministic | optimised parameters | step peak MB |",
               "|---|---:|---:|---:|---:|---:|"]
     for row in result["training"]:
         lines.append(f"| {row['case']} | {row['median_ms']:.2f} | {row['min_ms']:.2f}-{row['max_ms']:.2f} | "

@@ -152,6 +152,29 @@ def factor_matmul(
 
     ``out`` (no autograd): a contiguous tensor of the result's shape to write into. It may be ``x`` itself (a hidden
     activation that is not needed afterwards): the factored path reads x only to form x B, before writing.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Inputs ``bx + (n,)``.
+    a, b : torch.Tensor
+        Factors ``bw + (m, r)`` and ``bw + (n, r)``.
+    bias : torch.Tensor, optional
+        ``bw + (m,)``.
+    out : torch.Tensor, optional
+        Where to write the result (inference only).
+
+    Returns
+    -------
+    torch.Tensor
+        ``broadcast(bx, bw) + (m,)`` (``out`` itself when given).
+
+    Raises
+    ------
+    ValueError
+        ``out`` or ``bias`` of a shape that does not match the product.
+    RuntimeError
+        ``out`` given while autograd records any of the operands.
     """
     if out is not None:
         return _factor_matmul_into(x, a, b, bias, out)
@@ -202,17 +225,20 @@ def _factor_matmul_into(
             raise ValueError(f"out must have shape {tuple(result.shape)}, got {tuple(out.shape)}")
         return out.copy_(result)
     left, right = x2 @ b2, a2.transpose(-1, -2)  # x is read here, before anything is written to out
-    shape = torch.broadcast_shapes(left.shape[:-1] + right.shape[-1:])
+    shape = torch.broadcast_shapes(left.shape[:-2], right.shape[:-2]) + (left.shape[-2], m)
     expected = tuple(shape[:-2]) + tuple(tail) + (m,)
     if tuple(out.shape) != expected:
         raise ValueError(f"out must have shape {expected}, got {tuple(out.shape)}")
+    bias2 = None if bias is None else strip_batch(bias, keep, length, event_dim=1).unsqueeze(-2)
+    if bias2 is not None and torch.broadcast_shapes(shape, bias2.shape) != shape:
+        raise ValueError(f"bias of shape {tuple(bias.shape)} does not broadcast to the output {tuple(shape)}")
     view = out.view(shape)
-    if bias is not None and left.dim() == 3 and right.dim() == 3:
-        torch.baddbmm(strip_batch(bias, keep, length, event_dim=1).unsqueeze(-2), left, right, out=view)
+    if bias2 is not None and left.dim() == 3 and right.dim() == 3 and left.shape[0] == right.shape[0] == shape[0]:
+        torch.baddbmm(bias2, left, right, out=view)
     else:
         torch.matmul(left, right, out=view)
-        if bias is not None:
-            view.add_(strip_batch(bias, keep, length, event_dim=1).unsqueeze(-2))
+        if bias2 is not None:
+            view.add_(bias2)
     return out
 
 

@@ -10,7 +10,6 @@ import torch
 
 import pyro_lowrank  # noqa: F401
 from pyro_lowrank.inference.bench.memory import transformer_memory
-from pyro_lowrank.inference.bench.timing import peak_memory_bytes
 from pyro_lowrank.inference.bench.scaling import ScalingResult, fit_exponent, plot_scaling, scaling_curves
 from pyro_lowrank.inference.bench.timing import peak_memory_bytes
 

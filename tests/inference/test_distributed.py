@@ -126,6 +126,10 @@ def _worker(out: Path) -> None:
         fit(model, FactorGuide(model), (x, y), num_epochs=1, batch_size=1, distributed=True, progress=False)
     except ValueError as error:
         report["small_batch_error"] = str(error)
+    try:
+        fit(model, FactorGuide(model), (x, y), num_epochs=1, batch_size=5, distributed=True, progress=False)
+    except ValueError as error:
+        report["uneven_batch_error"] = str(error)
 
     # identical parameters after every optimiser step: a post-step hook all-gathers them and compares bit for bit
     equal_after_step = []
@@ -253,6 +257,8 @@ def test_batch_size_below_world_size_is_refused(run):
         assert report["small_batch_error"] == (
             "batch_size is the global minibatch size, split over the processes, so with distributed=True it must be "
             ">= world_size; got batch_size=1 with world_size=2")
+        assert report["uneven_batch_error"].endswith("must be a multiple of world_size; got batch_size=5 with "
+                                                     "world_size=2")
 
 
 def test_parameters_are_identical_on_every_rank_after_every_step(run):

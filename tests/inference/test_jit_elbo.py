@@ -131,7 +131,7 @@ def test_fit_with_the_compiled_elbo_matches_fit_with_the_eager_one():
         assert torch.allclose(value, results["jit"][key], rtol=1e-3, atol=1e-5), key
 
 
-def test_check_trace_refuses_a_model_with_data_dependent_control_flow():
+def test_check_trace_refuses_a_model_that_branches_on_a_sampled_value():
     class Branchy(PyroModule):
         def __init__(self):
             super().__init__()
@@ -202,3 +202,86 @@ def test_prediction_after_jit_training_uses_the_trained_guide():
         elbo=JitTraceMeanField_ELBO(max_plate_nesting=1))
     probs = torch.softmax(predict(model, guide, x, 16)["f"], -1).mean(0)
     assert (probs.argmax(-1) == y).float().mean() > 0.8
+
+
+class _BranchOnData(PyroModule):
+    def __init__(self):
+        super().__init__()
+        self.w = PyroSample(dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+
+    def forward(self, x, y=None):
+        f = x @ self.w
+        if bool(x.sum() > 0):  # a branch on the data: frozen by tracing
+            f = f * 10.0
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("obs", dist.Normal(f, 1.0), obs=y)
+
+
+def test_the_second_call_catches_a_branch_on_the_data():
+    model = _BranchOnData()
+    guide = FactorGuide(model, init_loc_fn=lambda site: torch.ones(3))
+    loss = JitTraceMeanField_ELBO(max_plate_nesting=1)(model, guide)
+    loss(torch.ones(4, 3), torch.zeros(4))  # compiled on a batch that takes the branch
+    with pytest.raises(RuntimeError, match="not traceable"):
+        loss(-torch.ones(4, 3), torch.zeros(4))  # the second batch does not
+
+
+def test_tensor_keyword_arguments_are_inputs_not_constants():
+    x, y = _data()
+    model, guide = _pair()
+    loss = JitTraceMeanField_ELBO(max_plate_nesting=1)(model, guide)
+    loss(x, y=y, num_data=64)
+    torch.manual_seed(0)
+    a = loss(x, y=y, num_data=64)
+    torch.manual_seed(0)
+    b = loss(x, y=(y + 1) % 3, num_data=64)
+    assert not torch.allclose(a, b)
+    with pytest.raises(TypeError, match="positional argument 0 is a tuple holding tensors"):
+        loss((x,), y, num_data=64)
+
+
+def test_enclosing_handlers_other_than_klweight_are_refused():
+    from pyro import poutine
+
+    x, y = _data()
+    model, guide = _pair()
+    loss = JitTraceMeanField_ELBO(max_plate_nesting=1)(model, guide)
+    loss(x, y, num_data=64)
+    with pytest.raises(RuntimeError, match="cannot apply the enclosing Pyro handlers"):
+        with poutine.scale(scale=0.01):
+            loss(x, y, num_data=64)
+
+
+def test_switching_to_eval_mode_retraces():
+    x, y = _data()
+    model, guide = _pair()
+    elbo = JitTraceMeanField_ELBO(max_plate_nesting=1)
+    loss = elbo(model, guide)
+    loss(x, y, num_data=64)
+    model.layers[0].eval()  # a submodule's flag counts, not only the top-level one
+    loss(x, y, num_data=64)
+    assert len(elbo._traced) == 2
+
+
+def test_global_store_path_keeps_one_compiled_loss_per_model_and_refuses_kl_weights():
+    def make(scale):
+        def model(x):
+            loc = pyro.param(f"loc{scale}", torch.tensor(0.0))
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("obs", dist.Normal(loc, scale), obs=x)
+        return model
+
+    def guide(x):
+        pass
+
+    x = torch.randn(10)
+    with pyro.settings.context(module_local_params=False), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        elbo = JitTraceMeanField_ELBO()
+        first, second = make(1.0), make(3.0)
+        for model, scale in ((first, 1.0), (second, 3.0), (first, 1.0)):
+            expected = -float(dist.Normal(0.0, scale).log_prob(x).sum())
+            assert math.isclose(float(elbo.differentiable_loss(model, guide, x)), expected, rel_tol=1e-5)
+        with pytest.raises(NotImplementedError, match="KL weight"):
+            with KLWeight(0.5):
+                elbo.differentiable_loss(first, guide, x)
