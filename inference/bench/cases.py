@@ -63,6 +63,18 @@ def _hidden_and_classes(widths: Sequence[int]) -> tuple[int, list[int], int]:
     return widths[0], list(widths[1:-1]), widths[-1]
 
 
+def _setup(widths: Sequence[int], rows: int, device: torch.device | str, include: Sequence[str] | None, seed: int):
+    """The device, the widths, ``rows`` random inputs, the data generator (for labels) and the route filter; seeds
+    Pyro's generators."""
+    device = torch.device(device)
+    n_in, hidden, classes = _hidden_and_classes(widths)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, n_in, generator=gen).to(device)
+    keep = set(include) if include is not None else None
+    pyro.set_rng_seed(seed)
+    return device, n_in, hidden, classes, x, gen, (lambda name: keep is None or name in keep)
+
+
 def _count(parameters) -> int:
     return sum(p.numel() for p in parameters if p.requires_grad)
 
@@ -159,14 +171,8 @@ def training_cases(
     dict of str to Case
         One optimisation step per route, and the number of numbers it optimises.
     """
-    device = torch.device(device)
-    n_in, hidden, classes = _hidden_and_classes(widths)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch_size, n_in, generator=gen).to(device)
+    device, n_in, hidden, classes, x, gen, wanted = _setup(widths, batch_size, device, include, seed)
     y = torch.randint(0, classes, (batch_size,), generator=gen).to(device)
-    keep = set(include) if include is not None else None
-    wanted = lambda name: keep is None or name in keep  # noqa: E731
-    pyro.set_rng_seed(seed)
     cases: dict[str, Case] = {}
 
     if wanted("deterministic"):
@@ -270,13 +276,7 @@ def prediction_cases(
     dict of str to Case
         One predictive pass per route (``parameters`` counts the guide's numbers, 0 for the standard route).
     """
-    device = torch.device(device)
-    n_in, hidden, classes = _hidden_and_classes(widths)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(num_inputs, n_in, generator=gen).to(device)
-    keep = set(include) if include is not None else None
-    wanted = lambda name: keep is None or name in keep  # noqa: E731
-    pyro.set_rng_seed(seed)
+    device, n_in, hidden, classes, x, _, wanted = _setup(widths, num_inputs, device, include, seed)
     cases: dict[str, Case] = {}
 
     if wanted("deterministic"):

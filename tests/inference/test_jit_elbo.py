@@ -131,20 +131,24 @@ def test_fit_with_the_compiled_elbo_matches_fit_with_the_eager_one():
         assert torch.allclose(value, results["jit"][key], rtol=1e-3, atol=1e-5), key
 
 
+class _Branchy(PyroModule):
+    """A model with a Python branch on a tensor value, frozen by tracing: on the data or on the sampled weights."""
+
+    def __init__(self, on_data: bool):
+        super().__init__()
+        self.on_data = on_data
+        self.w = PyroSample(dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+
+    def forward(self, x, y=None):
+        f = x @ self.w
+        if bool((x if self.on_data else f).sum() > 0):
+            f = f * 10.0
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("obs", dist.Normal(f, 1.0), obs=y)
+
+
 def test_check_trace_refuses_a_model_that_branches_on_a_sampled_value():
-    class Branchy(PyroModule):
-        def __init__(self):
-            super().__init__()
-            self.w = PyroSample(dist.Normal(0.0, 1.0).expand([3]).to_event(1))
-
-        def forward(self, x, y=None):
-            f = x @ self.w
-            if bool(f.sum() > 0):  # a branch on a tensor value: frozen by tracing
-                f = f * 10.0
-            with pyro.plate("data", x.shape[0]):
-                return pyro.sample("obs", dist.Normal(f, 1.0), obs=y)
-
-    model = Branchy()
+    model = _Branchy(on_data=False)
     guide = FactorGuide(model, init_loc_fn=lambda site: torch.zeros(3))
     loss = JitTraceMeanField_ELBO(max_plate_nesting=1)(model, guide)
     x = torch.ones(4, 3)
@@ -204,21 +208,8 @@ def test_prediction_after_jit_training_uses_the_trained_guide():
     assert (probs.argmax(-1) == y).float().mean() > 0.8
 
 
-class _BranchOnData(PyroModule):
-    def __init__(self):
-        super().__init__()
-        self.w = PyroSample(dist.Normal(0.0, 1.0).expand([3]).to_event(1))
-
-    def forward(self, x, y=None):
-        f = x @ self.w
-        if bool(x.sum() > 0):  # a branch on the data: frozen by tracing
-            f = f * 10.0
-        with pyro.plate("data", x.shape[0]):
-            return pyro.sample("obs", dist.Normal(f, 1.0), obs=y)
-
-
 def test_the_second_call_catches_a_branch_on_the_data():
-    model = _BranchOnData()
+    model = _Branchy(on_data=True)
     guide = FactorGuide(model, init_loc_fn=lambda site: torch.ones(3))
     loss = JitTraceMeanField_ELBO(max_plate_nesting=1)(model, guide)
     loss(torch.ones(4, 3), torch.zeros(4))  # compiled on a batch that takes the branch
