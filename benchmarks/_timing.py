@@ -1,30 +1,25 @@
-"""Shared timing loop of the benchmark scripts: interleaved rounds, medians, ratios to a baseline."""
+"""The scripts' timing: the package's interleaved timer (:mod:`pyro_lowrank.inference.bench.timing`) and a printer of
+medians, ranges and ratios to a baseline."""
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Callable
 
-
-def time_interleaved(cases: dict[str, Callable[[], None]], rounds: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of every case, one entry per round; the cases alternate within each round."""
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            times[name].append((time.perf_counter() - start) / repeats)
-    return times
+from pyro_lowrank.inference.bench.timing import Timing
+from pyro_lowrank.inference.bench.timing import time_interleaved as _time_interleaved
 
 
-def print_ratios(title: str, times: dict[str, list[float]], baseline: str) -> None:
+def time_interleaved(cases: dict[str, Callable[[], None]], rounds: int, repeats: int) -> dict[str, Timing]:
+    """Seconds per call of every case over ``rounds`` rounds; the cases alternate within each round."""
+    return _time_interleaved(cases, rounds=rounds, repeats=repeats, warmup=1)
+
+
+def print_ratios(title: str, times: dict[str, Timing], baseline: str) -> None:
     """Median, min and max in milliseconds and the median's ratio to ``baseline``."""
-    base = statistics.median(times[baseline])
+    base = times[baseline].median
     width = max(len(name) for name in times) + 2
     print(title)
     print(f"{'case':<{width}}{'median ms':>10}{'min ms':>9}{'max ms':>9}{'ratio':>8}")
-    for name, values in times.items():
-        med = statistics.median(values)
-        print(f"{name:<{width}}{1e3 * med:>10.3f}{1e3 * min(values):>9.3f}{1e3 * max(values):>9.3f}{med / base:>8.2f}")
+    for name, timing in times.items():
+        print(f"{name:<{width}}{1e3 * timing.median:>10.3f}{1e3 * timing.min:>9.3f}{1e3 * timing.max:>9.3f}"
+              f"{timing.median / base:>8.2f}")
