@@ -226,17 +226,29 @@ def any_rank(flag: bool) -> bool:
     return bool(value.item())
 
 
-def reduce_step_loss(value: float, error: bool) -> tuple[float, int, int]:
+def reduce_step_loss(value: float, error: BaseException | None) -> tuple[float, int, int, int]:
     r"""All-reduce one step's loss so that every rank sees the same outcome.
 
-    Returns :math:`(\frac1W \sum_r \hat{\mathcal L}_r,\ \#\{r : \hat{\mathcal L}_r \text{ non-finite}\},\
-    \#\{r : \text{the step raised}\})`; the mean is non-finite when any rank's loss is, so all ranks stop together.
+    Parameters
+    ----------
+    value : float
+        This rank's loss (NaN when the step raised).
+    error : BaseException or None
+        What this rank's step raised, if anything.
+
+    Returns
+    -------
+    tuple
+        :math:`(\frac1W \sum_r \hat{\mathcal L}_r,\ \#\{r : \hat{\mathcal L}_r \text{ non-finite}\},\
+        \#\{r : \text{the step raised a ValueError}\},\ \#\{r : \text{it raised anything else}\})`; the mean is
+        non-finite when any rank's loss is, so all ranks stop together.
     """
-    packet = torch.tensor([value, float(not math.isfinite(value)), float(error)], dtype=torch.float64,
+    packet = torch.tensor([value, float(not math.isfinite(value)), float(isinstance(error, ValueError)),
+                           float(error is not None and not isinstance(error, ValueError))], dtype=torch.float64,
                           device=_collective_device())
     dist.all_reduce(packet, op=dist.ReduceOp.SUM)
-    total, bad, errors = packet.tolist()
-    return total / dist.get_world_size(), int(bad), int(errors)
+    total, bad, value_errors, other_errors = packet.tolist()
+    return total / dist.get_world_size(), int(bad), int(value_errors), int(other_errors)
 
 
 def sharded_val_nll(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor, num_samples: int) -> float:

@@ -261,13 +261,20 @@ def fit(
                 with KLWeight(beta):
                     loss = forward(x[index], y[index], num_data=num_data)
                 value = float(loss.detach())
-            except ValueError as exc:
+            except Exception as exc:  # distributed: any failure must reach the other ranks before anyone leaves
                 if not distributed:
+                    if not isinstance(exc, ValueError):
+                        raise
                     _value_error(exc, result.steps == first_step, loss_module, opt, last_good, result, epoch)
                 error, value = exc, math.nan
             if distributed:  # every rank learns of a failure anywhere, so all stop together (nobody deadlocks)
-                value, _, errors = _dist.reduce_step_loss(value, error is not None)
-                if errors:
+                value, _, value_errors, other_errors = _dist.reduce_step_loss(value, error)
+                if error is not None and not isinstance(error, ValueError):
+                    raise error  # this rank's own failure, now that every rank has learned of it
+                if other_errors:
+                    raise RuntimeError(f"the training step raised on another rank at step {result.steps}, epoch "
+                                       f"{epoch} (see that rank's traceback); stopping every rank")
+                if value_errors:
                     cause = error if error is not None else ValueError(
                         "the model or guide raised a ValueError on another rank (see its traceback)")
                     _value_error(cause, result.steps == first_step, loss_module, opt, last_good, result, epoch)

@@ -102,6 +102,20 @@ class _InfOnRank1(_Linear):
             pyro.sample("obs", dist.Normal(scale * (x @ self.w + self.b), 0.5), obs=y)
 
 
+class _RaisesOnRank1(_Linear):
+    """Like ``_Linear``, but on rank 1 the forward raises a RuntimeError from the 7th call on."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x, y=None, num_data=None):
+        self.calls += 1
+        if self.calls > 6 and get_rank() == 1:
+            raise RuntimeError("a bug on rank 1")
+        return super().forward(x, y, num_data=num_data)
+
+
 def _no_latents():
     guide = PyroModule()
     guide.forward = lambda *args, **kwargs: None
@@ -170,6 +184,13 @@ def _worker(out: Path) -> None:
             progress=False)
     except TrainingDivergedError as error:
         report["diverged"] = {"step": error.step, "epoch": error.epoch, "message": str(error), "state": _state(model)}
+
+    model = _RaisesOnRank1()
+    try:
+        fit(model, _no_latents(), (xl[:16], yl[:16]), num_epochs=10, batch_size=8, lr=0.1, distributed=True,
+            progress=False)
+    except Exception as error:  # noqa: BLE001 - the test records which error each rank raised
+        report["raised"] = {"type": type(error).__name__, "message": str(error)}
 
     torch.save(report, out / f"rank{rank}.pt")
     shutdown_distributed()
@@ -337,6 +358,14 @@ def test_one_process_checkpoint_resumes_in_two_processes(run):
         assert result["train_loss"][:2] == one.train_loss and all(map(math.isfinite, result["train_loss"]))
     for key, value in reports[0]["resume"]["state"].items():
         assert torch.equal(reports[1]["resume"]["state"][key], value), key
+
+
+def test_an_exception_on_one_rank_stops_every_rank_instead_of_hanging(run):
+    _, reports, _ = run
+    assert reports[1]["raised"]["type"] == "RuntimeError"  # rank 1's own error, with Pyro's trace shapes appended
+    assert reports[1]["raised"]["message"].startswith("a bug on rank 1")
+    assert reports[0]["raised"]["type"] == "RuntimeError"
+    assert reports[0]["raised"]["message"].startswith("the training step raised on another rank at step 5, epoch 2")
 
 
 def test_a_non_finite_loss_on_one_rank_stops_every_rank(run):
