@@ -176,14 +176,15 @@ class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
                     f"(a PyroModule or an autoguide), got {type(module).__name__}"
                 )
         beta = _active_kl_weight()
-        key = self._key(model, guide, args, kwargs)
+        tensors = _state_tensors(model, guide)  # read once per call: the cache key and the graph's inputs
+        key = self._key(model, guide, tensors, args, kwargs)
         traced = self._traced.get(key)
         if traced is None:
             # The first call of a signature is computed eagerly (it also sets up a lazy guide's parameters), so it
             # draws from the generator exactly as the eager ELBO would; the trace and its check run on a forked
             # generator. A compiled fit therefore consumes the same random stream as an eager one.
             loss = self._eager_loss(model, guide, args, kwargs, beta)
-            key = self._key(model, guide, args, kwargs)  # a lazy guide has created its parameters by now
+            key = self._key(model, guide, _state_tensors(model, guide), args, kwargs)  # a lazy guide's are new
             self._traced[key] = self._compile(model, guide, args, kwargs)
             self._unchecked_keys.add(key)
             return loss
@@ -192,12 +193,13 @@ class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
             # the data (not only on random draws) show up here.
             self._unchecked_keys.discard(key)
             if self.check_trace:
-                self._check(traced, self._loss_fn(model, guide, args, kwargs), self._inputs(model, guide, args, kwargs),
+                self._check(traced, self._loss_fn(model, guide, args, kwargs), self._inputs(tensors, args, kwargs),
                             args)
-        return traced(*self._inputs(model, guide, args, kwargs, beta))
+        return traced(*self._inputs(tensors, args, kwargs, beta))
 
-    def _inputs(self, model: nn.Module, guide: nn.Module, args: tuple, kwargs: dict, beta: float = 1.0) -> tuple:
-        tensors = _state_tensors(model, guide)
+    @staticmethod
+    def _inputs(tensors: list[torch.Tensor], args: tuple, kwargs: dict, beta: float = 1.0) -> tuple:
+        """The graph's inputs: the state tensors, beta as a tensor, the tensor arguments."""
         reference = next((t for t in tensors if t.is_floating_point()), None)
         beta_tensor = torch.tensor(beta, dtype=reference.dtype if reference is not None else None,
                                    device=reference.device if reference is not None else None)
@@ -222,10 +224,11 @@ class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
         self._global_closures[pair] = self._differentiable_loss
         return loss
 
-    def _key(self, model: nn.Module, guide: nn.Module, args: tuple, kwargs: dict) -> tuple:
+    @staticmethod
+    def _key(model: nn.Module, guide: nn.Module, tensors: list[torch.Tensor], args: tuple, kwargs: dict) -> tuple:
         return (
             id(model), id(guide), tuple(m.training for m in (*model.modules(), *guide.modules())),
-            tuple(id(t) for t in _state_tensors(model, guide)),
+            tuple(id(t) for t in tensors),
             tuple(_signature(a, f"positional argument {i}") for i, a in enumerate(args)),
             tuple(sorted((name, _signature(value, f"keyword argument {name!r}")) for name, value in kwargs.items())),
         )
@@ -262,7 +265,7 @@ class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
 
     def _compile(self, model: nn.Module, guide: nn.Module, args: tuple, kwargs: dict) -> Callable:
         loss_fn = self._loss_fn(model, guide, args, kwargs)
-        inputs = self._inputs(model, guide, args, kwargs)
+        inputs = self._inputs(_state_tensors(model, guide), args, kwargs)
         with warnings.catch_warnings(), pyro.validation_enabled(False):
             warnings.simplefilter("ignore")  # TracerWarnings about Python values taken from tensors (shapes)
             # Traced with autograd on, whatever the caller's mode: the graph must be the differentiable one (without

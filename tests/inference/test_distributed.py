@@ -88,32 +88,23 @@ class _Linear(PyroModule):
             pyro.sample("obs", dist.Normal(x @ self.w + self.b, 0.5), obs=y)
 
 
-class _InfOnRank1(_Linear):
-    """Like ``_Linear``, but on rank 1 only the log-likelihood overflows to -inf from the 7th call on."""
+class _FailsOnRank1(_Linear):
+    """Like ``_Linear``, but on rank 1 only, from the 7th call on, the log-likelihood overflows to -inf
+    (``failure="inf"``) or the forward raises a RuntimeError (``failure="raise"``)."""
 
-    def __init__(self):
+    def __init__(self, failure: str):
         super().__init__()
+        self.failure = failure
         self.calls = 0
 
     def forward(self, x, y=None, num_data=None):
         self.calls += 1
-        scale = 1e30 if self.calls > 6 and get_rank() == 1 else 1.0
+        failing = self.calls > 6 and get_rank() == 1
+        if failing and self.failure == "raise":
+            raise RuntimeError("a bug on rank 1")
+        scale = 1e30 if failing else 1.0
         with pyro.plate("data", num_data or x.shape[0], subsample=torch.arange(x.shape[0])):
             pyro.sample("obs", dist.Normal(scale * (x @ self.w + self.b), 0.5), obs=y)
-
-
-class _RaisesOnRank1(_Linear):
-    """Like ``_Linear``, but on rank 1 the forward raises a RuntimeError from the 7th call on."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def forward(self, x, y=None, num_data=None):
-        self.calls += 1
-        if self.calls > 6 and get_rank() == 1:
-            raise RuntimeError("a bug on rank 1")
-        return super().forward(x, y, num_data=num_data)
 
 
 def _no_latents():
@@ -177,7 +168,7 @@ def _worker(out: Path) -> None:
                  distributed=True, **SMALL)
     report["resume"] = {"result": asdict(result), "state": _state(guide)}
 
-    model = _InfOnRank1()
+    model = _FailsOnRank1("inf")
     xl, yl = _linear_data()
     try:
         fit(model, _no_latents(), (xl[:16], yl[:16]), num_epochs=10, batch_size=8, lr=0.1, distributed=True,
@@ -185,7 +176,7 @@ def _worker(out: Path) -> None:
     except TrainingDivergedError as error:
         report["diverged"] = {"step": error.step, "epoch": error.epoch, "message": str(error), "state": _state(model)}
 
-    model = _RaisesOnRank1()
+    model = _FailsOnRank1("raise")
     try:
         fit(model, _no_latents(), (xl[:16], yl[:16]), num_epochs=10, batch_size=8, lr=0.1, distributed=True,
             progress=False)

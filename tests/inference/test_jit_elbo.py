@@ -176,15 +176,23 @@ def test_refuses_non_module_models_with_a_clear_error():
         JitTraceMeanField_ELBO().differentiable_loss(model, guide, torch.zeros(1))
 
 
-def test_workaround_for_pyros_retrace_on_every_call_with_the_global_param_store():
+def _global_store_model(scale):
+    """A model whose only parameter lives in the global param store (named after ``scale``)."""
+
     def model(x):
-        loc = pyro.param("loc", torch.tensor(0.0))
+        loc = pyro.param(f"loc{scale}", torch.tensor(0.0))
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("obs", dist.Normal(loc, 1.0), obs=x)
+            pyro.sample("obs", dist.Normal(loc, scale), obs=x)
 
-    def guide(x):
-        pass
+    return model
 
+
+def _empty_guide(x):
+    pass
+
+
+def test_workaround_for_pyros_retrace_on_every_call_with_the_global_param_store():
+    model, guide = _global_store_model(1.0), _empty_guide
     x = torch.randn(10)
     with pyro.settings.context(module_local_params=False), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -255,16 +263,7 @@ def test_switching_to_eval_mode_retraces():
 
 
 def test_global_store_path_keeps_one_compiled_loss_per_model_and_refuses_kl_weights():
-    def make(scale):
-        def model(x):
-            loc = pyro.param(f"loc{scale}", torch.tensor(0.0))
-            with pyro.plate("data", x.shape[0]):
-                pyro.sample("obs", dist.Normal(loc, scale), obs=x)
-        return model
-
-    def guide(x):
-        pass
-
+    make, guide = _global_store_model, _empty_guide
     x = torch.randn(10)
     with pyro.settings.context(module_local_params=False), warnings.catch_warnings():
         warnings.simplefilter("ignore")
