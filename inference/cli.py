@@ -84,6 +84,44 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--out", default=None, help="output folder (default: experiment-<name>)")
     experiment.add_argument("--device", default="cpu", help="torch device for data and networks (default: cpu)")
     experiment.add_argument("--quiet", action="store_true", help="no progress bars")
+    bayeslora = sub.add_parser(
+        "bayeslora-sst2", help="BayesLoRA (LRVD guide, rank pruning) against plain LoRA of the same rank on the "
+                               "attention projections of the bundled MiniLM, fine-tuned on SST-2 (needs the "
+                               "bayeslora extra); writes results.json, results.md, reliability.png")
+    bayeslora.add_argument("--smoke", action="store_true",
+                           help="48 training phrases, 32 dev sentences, 1 epoch, 2 draws (explicit options still win)")
+    bayeslora.add_argument("--seed", type=int, default=0, help="seed of the subset, the initialisation and the batches")
+    bayeslora.add_argument("--train-size", type=int, default=None,
+                           help="random subset of SST-2 training phrases (default 8000)")
+    bayeslora.add_argument("--eval-size", type=int, default=None,
+                           help="first K dev sentences (default: all 872)")
+    bayeslora.add_argument("--epochs", type=int, default=None, help="training epochs of both methods (default 2)")
+    bayeslora.add_argument("--num-samples", type=int, default=None, help="BayesLoRA posterior draws (default 16)")
+    bayeslora.add_argument("--rank", type=int, default=None, help="adapter rank of both methods (default 8)")
+    bayeslora.add_argument("--prune-tau", type=float, default=None, help="log-alpha pruning threshold (default 3)")
+    bayeslora.add_argument("--root", default=None,
+                           help="data root (default: $PYRO_LOWRANK_DATA, else the user cache folder)")
+    bayeslora.add_argument("--out", default="bayeslora-sst2-out", help="output folder (default: bayeslora-sst2-out)")
+    bayeslora.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    bayeslora.add_argument("--quiet", action="store_true", help="no progress bars")
+    ranksel = sub.add_parser(
+        "rank-selection", help="rank selection from scratch with low-rank variational dropout on the digits MLP "
+                               "(LRVD guide, log-uniform prior) against the singular spectra of a deterministic "
+                               "twin; writes results.json, results.md and figures")
+    ranksel.add_argument("--smoke", action="store_true",
+                         help="a 64-24-24-10 network on 300 images for 6 epochs (explicit options still win)")
+    ranksel.add_argument("--seed", type=int, nargs="+", default=[0], help="seed(s) of the split, init and batches")
+    ranksel.add_argument("--epochs", type=int, default=None, help="LRVD training epochs (default 150)")
+    ranksel.add_argument("--rank", type=int, default=None, help="starting rank of the hidden layers (default 32)")
+    ranksel.add_argument("--prune-tau", type=float, default=None, help="log-alpha threshold (default 3)")
+    ranksel.add_argument("--prune-score", choices=("median", "norm"), default=None,
+                         help="rank score of the pruned run: BayesLoRA's medians or root-mean-square entries "
+                              "(default norm)")
+    ranksel.add_argument("--num-samples", type=int, default=None, help="posterior draws for the test metrics (100)")
+    ranksel.add_argument("--out", default="rank-selection-out", help="output folder (default: rank-selection-out)")
+    ranksel.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    ranksel.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ranksel.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -212,6 +250,56 @@ def main(argv: list[str] | None = None) -> int:
         paths = write_bench(result, args.out)
         print(format_markdown(result))
         print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    elif args.command == "bayeslora-sst2":
+        import shlex
+
+        from .experiments.bayeslora_sst2 import format_markdown as format_bayeslora, run_bayeslora_sst2, \
+            write_bayeslora_report
+
+        _check_device(parser, args.device)
+        overrides = {"train_size": args.train_size, "eval_size": args.eval_size, "num_epochs": args.epochs,
+                     "num_samples": args.num_samples, "rank": args.rank, "prune_tau": args.prune_tau}
+        for option in ("train_size", "eval_size", "num_epochs", "num_samples", "rank"):
+            if overrides[option] is not None and overrides[option] < 1:
+                parser.error(f"--{option.replace('_', '-').replace('num-epochs', 'epochs')} must be >= 1, got "
+                             f"{overrides[option]}")
+        try:
+            result = run_bayeslora_sst2(smoke=args.smoke, seed=args.seed, device=args.device, root=args.root,
+                                        progress=not args.quiet, **overrides)
+        except ImportError as err:
+            if "pyro-lowrank[bayeslora]" not in str(err):
+                raise
+            parser.error(str(err))
+        command = "pyro-lowrank " + shlex.join(sys.argv[1:] if argv is None else argv)
+        paths = write_bayeslora_report(result, args.out, command=command, device=args.device)
+        print(format_bayeslora(result))
+        print(f"wrote {', '.join(str(p) for p in paths.values())} ({result['metadata']['wall_seconds']:.1f} s)")
+    elif args.command == "rank-selection":
+        import shlex
+
+        from .experiments.rank_selection import format_markdown as format_ranks, run_rank_selection, \
+            write_rank_selection_report
+
+        _check_device(parser, args.device)
+        for option in ("epochs", "rank", "num_samples", "threads"):
+            value = getattr(args, option)
+            if value is not None and value < 1:
+                parser.error(f"--{option.replace('_', '-')} must be >= 1, got {value}")
+        if args.threads is not None:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        try:
+            result = run_rank_selection(smoke=args.smoke, seeds=args.seed, device=args.device,
+                                        progress=not args.quiet, num_epochs=args.epochs, rank=args.rank,
+                                        prune_tau=args.prune_tau, prune_score=args.prune_score,
+                                        num_samples=args.num_samples)
+        except ValueError as err:
+            parser.error(str(err))
+        command = "pyro-lowrank " + shlex.join(sys.argv[1:] if argv is None else argv)
+        paths = write_rank_selection_report(result, args.out, command=command, device=args.device)
+        print(format_ranks(result))
+        print(f"wrote {', '.join(str(p) for p in paths.values())} ({result['metadata']['wall_seconds']:.1f} s)")
     elif args.command == "experiment":
         import shlex
         import time

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from pyro_lowrank._validation import check_positive_int, check_xy
 from pyro_lowrank.errors import TrainingDivergedError
+from pyro_lowrank.guides import LRVDGuide, effective_ranks, prune_ranks, replace_in_optimizer, resize_ranks
 
 from . import distributed as _dist
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -72,6 +73,12 @@ class FitResult:
         Training wall time (summed across resumes).
     stopped_early : bool
         Whether validation early stopping (or the callback) ended training.
+    effective_ranks : list of dict
+        With an :class:`~pyro_lowrank.guides.LRVDGuide`: per epoch, the number of components of each rank-wise
+        factor pair (keyed by its A site) whose score is below ``prune_tau``, read at the end of the epoch before
+        any pruning.
+    ranks : list of dict
+        With an LRVDGuide: per epoch, the rank each pair has after that epoch's pruning.
     """
 
     train_loss: list[float] = field(default_factory=list)
@@ -83,6 +90,8 @@ class FitResult:
     stopped_early: bool = False
     best_val_nll: float = math.inf
     bad_epochs: int = 0
+    effective_ranks: list[dict[str, int]] = field(default_factory=list)
+    ranks: list[dict[str, int]] = field(default_factory=list)
 
 
 def fit(
@@ -111,6 +120,11 @@ def fit(
     progress: bool = True,
     callback: Callable[[int, dict[str, float]], bool | None] | None = None,
     distributed: bool = False,
+    prune_every: int | None = None,
+    prune_tau: float = 3.0,
+    prune_start: int = 0,
+    min_rank: int = 1,
+    prune_score: str = "median",
 ) -> FitResult:
     """Train ``guide`` (and any parameters of ``model``) by minibatch SVI.
 
@@ -162,6 +176,22 @@ def fit(
         unwrapped loss module's ``state_dict``, so it resumes with any number of processes; ``checkpoint_path``
         must be visible to every rank). Every trainable parameter must receive a gradient in every step (DDP's
         rule without ``find_unused_parameters``).
+    prune_every : int, optional
+        Rank pruning for low-rank variational dropout (needs an :class:`~pyro_lowrank.guides.LRVDGuide`): at the end
+        of every ``prune_every``-th epoch from epoch ``prune_start`` on (epochs counted from 1), apply the gauge fix
+        and :func:`~pyro_lowrank.guides.prune_ranks` with ``prune_tau`` and ``min_rank``, and point the optimiser at
+        the smaller parameters (its moments sliced to the kept components). A pruning that removes components
+        also resets the validation best (the earlier best state has other shapes; the pruned model is a new
+        model), and checkpoints record the ranks so that a resume rebuilds the shapes first.
+    prune_tau : float
+        Threshold on the rank score log alpha_k (components below it are kept).
+    prune_start : int
+        First epoch (counted from 1) at which pruning may happen.
+    min_rank : int
+        Components kept per factor pair at least.
+    prune_score : {"median", "norm"}
+        The rank score (:func:`~pyro_lowrank.guides.rank_log_alpha`): BayesLoRA's medians, or root-mean-square
+        entries (better for ReLU networks trained from scratch). ``FitResult.effective_ranks`` uses it too.
 
     Returns
     -------
@@ -192,6 +222,23 @@ def fit(
     num_particles = check_positive_int(num_particles, "num_particles")
     if patience is not None:
         check_positive_int(patience, "patience")
+    lrvd = isinstance(guide, LRVDGuide)
+    if prune_score not in ("median", "norm"):
+        raise ValueError(f"prune_score must be 'median' or 'norm', got {prune_score!r}")
+    if prune_every is not None:
+        check_positive_int(prune_every, "prune_every")
+        if not lrvd:
+            raise ValueError(f"prune_every needs an LRVDGuide (rank-wise variances to score), got "
+                             f"{type(guide).__name__}")
+        if distributed:
+            raise ValueError("prune_every is not supported with distributed=True (the DDP wrapper would have to be "
+                             "rebuilt on every rank after each pruning); prune between distributed runs instead")
+        if isinstance(prune_start, bool) or not isinstance(prune_start, int) or prune_start < 0:
+            raise ValueError(f"prune_start must be an integer >= 0, got {prune_start!r}")
+        if not (isinstance(prune_tau, (int, float)) and math.isfinite(prune_tau)):
+            raise ValueError(f"prune_tau must be a finite log-alpha threshold, got {prune_tau!r}")
+        if isinstance(min_rank, bool) or not isinstance(min_rank, int) or min_rank < 1:
+            raise ValueError(f"min_rank must be an integer >= 1, got {min_rank!r}")
     if clip_grad_norm is not None and not clip_grad_norm > 0:
         raise ValueError(f"clip_grad_norm must be > 0 (or None for no clipping), got {clip_grad_norm!r}")
     check_model_data = getattr(model, "check_data", None)
@@ -235,14 +282,16 @@ def fit(
     exists = checkpoint_path is not None and os.path.exists(checkpoint_path)
     if resume and (_dist.broadcast_object(exists) if distributed else exists):  # rank 0 decides for everyone
         best_state = _restore(checkpoint_path, loss_module, opt, shuffle, result, num_data, batch_size, rank,
-                              world_size)
+                              world_size, model, guide)
+        params = [p for p in loss_module.parameters() if p.requires_grad]  # a pruned checkpoint has new ones
         logger.info("resumed from %s at epoch %d", checkpoint_path, result.epochs_run)
     forward = _dist.wrap_ddp(loss_module) if distributed else loss_module  # state stays with the unwrapped module
     last_good = _snapshot(loss_module, opt, result.epochs_run - 1)  # after DDP's broadcast: the same on every rank
     first_step = result.steps
 
     def save() -> None:
-        _save(checkpoint_path, loss_module, opt, shuffle, result, best_state, num_data, batch_size, world_size)
+        _save(checkpoint_path, loss_module, opt, shuffle, result, best_state, num_data, batch_size, world_size,
+              _pair_ranks(guide) if lrvd else None)
 
     epochs = range(result.epochs_run, num_epochs) if not result.stopped_early else range(0)
     bar = tqdm(epochs, desc="fit", disable=not progress or rank != 0, leave=False)
@@ -289,6 +338,22 @@ def fit(
             epoch_loss += value
         result.train_loss.append(epoch_loss / steps_per_epoch / num_data)
         record = {"epoch": epoch, "train_loss": result.train_loss[-1], "kl_weight": beta}
+        if not all(bool(torch.isfinite(p).all()) for p in params):  # never prune, validate or snapshot NaNs
+            _diverged(loss_module, opt, last_good, result, epoch, epoch_loss, "parameters")
+        if lrvd:  # before validation, so that the model validated (and kept as the best) is the pruned one
+            result.effective_ranks.append(effective_ranks(model, guide, prune_tau, prune_score))
+            done = epoch + 1
+            if prune_every is not None and done >= prune_start and (done - prune_start) % prune_every == 0:
+                pruning = prune_ranks(model, guide, prune_tau, min_rank=min_rank, score=prune_score)
+                if pruning.changed:
+                    replace_in_optimizer(opt, pruning.replaced)
+                    params = [p for p in loss_module.parameters() if p.requires_grad]
+                    best_state, result.best_val_nll, result.best_epoch, result.bad_epochs = None, math.inf, None, 0
+                    clear_cache = getattr(elbo, "clear_cache", None)
+                    if clear_cache is not None:  # graphs compiled for the old parameter tensors are dead
+                        clear_cache()
+            result.ranks.append(_pair_ranks(guide))
+            record["rank"] = float(sum(result.ranks[-1].values()))
         if val_data is not None:
             forward.eval()
             if distributed:
@@ -302,8 +367,6 @@ def fit(
                 best_state = copy.deepcopy(loss_module.state_dict())
             else:
                 result.bad_epochs += 1
-        if not all(bool(torch.isfinite(p).all()) for p in params):  # never snapshot a non-finite state
-            _diverged(loss_module, opt, last_good, result, epoch, epoch_loss, "parameters")
         result.epochs_run = epoch + 1
         result.seconds += time.perf_counter() - start
         last_good = _snapshot(loss_module, opt, epoch)
@@ -355,7 +418,12 @@ def _diverged(loss_module, opt, last_good, result: FitResult, epoch: int, value:
     ) from cause
 
 
-def _save(path, loss_module, opt, shuffle, result, best_state, num_data, batch_size, world_size=1) -> None:
+def _pair_ranks(guide: LRVDGuide) -> dict[str, int]:
+    return {pair: int(guide.log_variance(pair).numel()) for pair in guide.pairs}
+
+
+def _save(path, loss_module, opt, shuffle, result, best_state, num_data, batch_size, world_size=1,
+          ranks=None) -> None:
     rank_rng = _dist.gather_rng_states() if world_size > 1 else None  # collective: on every rank
 
     def write() -> None:
@@ -372,6 +440,8 @@ def _save(path, loss_module, opt, shuffle, result, best_state, num_data, batch_s
         }
         if rank_rng is not None:
             state["rank_rng"] = rank_rng
+        if ranks is not None:
+            state["ranks"] = ranks
         save_checkpoint(state, path)
 
     if world_size > 1:
@@ -381,11 +451,13 @@ def _save(path, loss_module, opt, shuffle, result, best_state, num_data, batch_s
 
 
 def _restore(path, loss_module, opt, shuffle, result: FitResult, num_data: int, batch_size: int, rank: int = 0,
-             world_size: int = 1):
+             world_size: int = 1, model=None, guide=None):
     state = load_checkpoint(path)
     for key, expected in (("num_data", num_data), ("batch_size", batch_size)):
         if state[key] != expected:
             raise ValueError(f"cannot resume from {path}: it was written with {key}={state[key]}, got {expected}")
+    if state.get("ranks") is not None and isinstance(guide, LRVDGuide):  # pruned: give the fresh modules its shapes
+        replace_in_optimizer(opt, resize_ranks(model, guide, state["ranks"]).replaced)
     loss_module.load_state_dict(state["loss_module"])
     opt.load_state_dict(state["optimizer"])
     shuffle.set_state(state["shuffle_rng"])

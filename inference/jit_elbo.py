@@ -142,6 +142,13 @@ class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
         self._unchecked_keys: set[tuple] = set()
         self._global_closures: dict[tuple[int, int], Callable] = {}
 
+    def clear_cache(self) -> None:
+        """Forget every compiled graph (``fit`` calls it after rank pruning replaced the parameter tensors: graphs
+        keyed by the old tensors can never be hit again)."""
+        self._traced.clear()
+        self._unchecked_keys.clear()
+        self._global_closures.clear()
+
     # ------------------------------------------------------------------ the loss
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The negative ELBO from the compiled graph of this call's signature (compiled on first use).

@@ -95,6 +95,10 @@ class LowRankMLP(BayesianMLP):
         ranks = hidden_ranks + [output_rank]
         names = [f"rank[{i}]" for i in range(len(hidden_ranks))] + ["output_rank"]
         ranks = [check_rank(r, n_out, n_in, name) for r, n_in, n_out, name in zip(ranks, widths[:-1], widths[1:], names)]
-        self.ranks = tuple(ranks)
         self.layers = self._make_layers(LowRankLinear, prior, [{"rank": r} for r in ranks], prior_scale=prior_scale,
                                         init_scale_factor=init_scale_factor)
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """The current rank of each layer (it drops when :func:`~pyro_lowrank.guides.prune_ranks` prunes)."""
+        return tuple(layer.rank for layer in self.layers)

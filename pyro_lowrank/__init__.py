@@ -11,9 +11,9 @@ checkpointing and ``.to(device)`` rely on. Build models and guides after the imp
 
 import pyro
 
-from pyro_lowrank.distributions import GaussianPrior, LowRankMatrixNormal, ScaleMixturePrior
+from pyro_lowrank.distributions import GaussianPrior, LogUniformPrior, LowRankMatrixNormal, ScaleMixturePrior
 from pyro_lowrank.errors import TrainingDivergedError
-from pyro_lowrank.guides import FactorGuide, init_to_factors
+from pyro_lowrank.guides import FactorGuide, LRVDGuide, init_to_factors, prune_ranks
 from pyro_lowrank.nn import LowRankLinear
 
 __version__ = "0.1.0"
@@ -23,9 +23,12 @@ pyro.settings.set(module_local_params=True)
 __all__ = [
     "FactorGuide",
     "GaussianPrior",
+    "LRVDGuide",
+    "LogUniformPrior",
     "LowRankLinear",
     "LowRankMatrixNormal",
     "ScaleMixturePrior",
     "TrainingDivergedError",
     "init_to_factors",
+    "prune_ranks",
 ]

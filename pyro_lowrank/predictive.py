@@ -64,10 +64,37 @@ def _device_of(fn: Any) -> torch.device:
     return _device_of(base) if base is not None else torch.device("cpu")
 
 
+class _ZeroIfUnsamplable(Messenger):
+    """Give an unobserved sample site whose distribution cannot be sampled (an improper prior such as
+    :class:`~pyro_lowrank.distributions.LogUniform`, whose ``sample`` raises ``NotImplementedError``) a zero value of
+    its shape: the distribution's ``placeholder()`` when it has one (its dtype and device), else zeros on ``device``.
+    :func:`max_plate_nesting` reads only the plate stack of its trace, never the values."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["is_observed"] or msg["value"] is not None:
+            return
+        try:
+            msg["value"] = msg["fn"](*msg["args"], **msg["kwargs"])
+        except NotImplementedError:
+            fn = msg["fn"]
+            while not hasattr(fn, "placeholder") and hasattr(fn, "base_dist"):
+                fn = fn.base_dist
+            msg["value"] = (fn.placeholder().expand(msg["fn"].shape()) if hasattr(fn, "placeholder")
+                            else torch.zeros(msg["fn"].shape(), device=self.device))
+
+
 def max_plate_nesting(model: Callable, *args: Any, **kwargs: Any) -> int:
-    """Depth of the model's plate stack, read off one (blocked, gradient-free) trace that leaves the RNG untouched."""
+    """Depth of the model's plate stack, read off one (blocked, gradient-free) trace that leaves the RNG untouched.
+
+    Sites with an improper prior (which cannot be sampled) get a zero placeholder in that trace, on the device of the
+    first tensor argument."""
+    device = next((a.device for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), torch.device("cpu"))
     with torch.no_grad(), poutine.block(), torch.random.fork_rng(devices=[]):
-        trace = poutine.trace(model).get_trace(*args, **kwargs)
+        trace = poutine.trace(_ZeroIfUnsamplable(device)(model)).get_trace(*args, **kwargs)
     dims = [-frame.dim for site in trace.nodes.values() if site["type"] == "sample"
             for frame in site["cond_indep_stack"] if frame.vectorized]
     return max(dims, default=0)

@@ -113,3 +113,21 @@ def test_unknown_data_plate_is_an_error_not_a_sum_over_the_data(trained):
     x, y = torch.randn(6, 3), torch.randint(0, 4, (6,))
     with pytest.raises(ValueError, match="data_plate must name the plate of the observed site 'obs', one of \\['data'\\]"):
         pointwise_log_likelihood(model, guide, x, y, num_samples=4, data_plate="oops")
+
+
+def test_max_plate_nesting_runs_models_with_an_improper_prior():
+    """A log-uniform site cannot be sampled; the plate-depth trace gives it a zero placeholder instead of failing."""
+    from pyro_lowrank.distributions import LogUniform
+    from pyro_lowrank.predictive import max_plate_nesting
+
+    def model(x):
+        w = pyro.sample("w", LogUniform().expand([3]).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("y", pyro.distributions.Normal(x @ w, 1.0))
+
+    with pytest.raises(NotImplementedError):
+        pyro.poutine.trace(model).get_trace(torch.randn(4, 3))
+    x = torch.randn(4, 3)
+    state = torch.get_rng_state()
+    assert max_plate_nesting(model, x) == 1
+    assert torch.equal(torch.get_rng_state(), state)  # the RNG is left untouched

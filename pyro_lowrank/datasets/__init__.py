@@ -20,6 +20,7 @@ from pyro_lowrank.datasets.text import (
     encode,
     load_ag_news,
     load_sst2,
+    read_sst2,
     sst2_tokenizer,
     train_wordpiece,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "load_pm25",
     "load_sst2",
     "load_uci",
+    "read_sst2",
     "num_splits",
     "sst2_tokenizer",
     "train_wordpiece",

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 __all__ = ["AG_NEWS_CLASSES", "AGNewsData", "CLS_ID", "PAD_ID", "SPECIAL_TOKENS", "SST2Data", "UNK_ID", "clean_ag_news",
-           "encode", "load_ag_news", "load_sst2", "sst2_tokenizer", "train_wordpiece"]
+           "encode", "load_ag_news", "load_sst2", "read_sst2", "sst2_tokenizer", "train_wordpiece"]
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +183,20 @@ def _read_sst2(split: str, root: str | os.PathLike | None) -> tuple[list[str], n
             sentences.append(sentence.strip())
             labels.append(int(label))
     return sentences, np.asarray(labels, dtype=np.int64)
+
+
+def read_sst2(split: str, root: str | os.PathLike | None = None) -> tuple[list[str], np.ndarray]:
+    """The raw SST-2 sentences (stripped) and int64 labels of ``split`` (``"train"``: 67,349 phrases, ``"dev"``: 872
+    sentences), from the checksum-verified GLUE files under ``root`` (for models that bring their own tokenizer).
+
+    Raises
+    ------
+    ValueError
+        If ``split`` is not ``"train"`` or ``"dev"``.
+    """
+    if split not in ("train", "dev"):
+        raise ValueError(f"split must be 'train' or 'dev', got {split!r}")
+    return _read_sst2(split, root)
 
 
 def sst2_tokenizer(root: str | os.PathLike | None = None, vocab_size: int = 8000,

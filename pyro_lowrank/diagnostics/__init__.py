@@ -6,7 +6,8 @@ identifiable; diagnostics are reported on W, its singular values and predictions
 * :mod:`~pyro_lowrank.diagnostics.canonical`: :func:`canonicalize`, a unique representative (A', B') of each gauge
   orbit (QR of each factor, SVD of R_A R_B^T, sign fixing), for factor-level views of posterior draws.
 * :mod:`~pyro_lowrank.diagnostics.spectra`: singular spectra, Eckart-Young-Mirsky tail energies, captured-energy
-  fractions, a suggested rank and the EYM bound on the change of a Lipschitz loss under truncation.
+  fractions, a suggested rank, the EYM bound on the change of a Lipschitz loss under truncation, and principal angles
+  between (singular) subspaces.
 * :mod:`~pyro_lowrank.diagnostics.pac_bayes`: the factor KL of a trained guide from the prior and McAllester's
   PAC-Bayes bound.
 * :mod:`~pyro_lowrank.diagnostics.inference_data`: ArviZ ``InferenceData`` (posterior W summaries and singular
@@ -21,22 +22,28 @@ from pyro_lowrank.diagnostics.correlation import random_entries, weight_correlat
 from pyro_lowrank.diagnostics.inference_data import to_inference_data, weight_summaries
 from pyro_lowrank.diagnostics.pac_bayes import mcallester_bound, posterior_kl
 from pyro_lowrank.diagnostics.spectra import (
+    SubspaceAlignment,
     energy_fraction,
     eym_bound,
+    principal_angle_cosines,
     singular_spectrum,
+    singular_subspace_alignment,
     suggest_rank,
     tail_energy,
 )
 
 __all__ = [
     "CanonicalFactors",
+    "SubspaceAlignment",
     "canonicalize",
     "energy_fraction",
     "eym_bound",
     "mcallester_bound",
     "posterior_kl",
+    "principal_angle_cosines",
     "random_entries",
     "singular_spectrum",
+    "singular_subspace_alignment",
     "suggest_rank",
     "tail_energy",
     "to_inference_data",

@@ -9,13 +9,15 @@ theorem states that :math:`W_k` is a best rank-k approximation in Frobenius norm
     \min_{\operatorname{rank} M \le k} \|W - M\|_F = \|W - W_k\|_F = \Big(\sum_{i > k} \sigma_i^2\Big)^{1/2}.
 
 These functions turn a spectrum into tail energies, captured-energy fractions, a suggested rank and the bound of the
-paper on the change of an L-Lipschitz loss when W is replaced by :math:`W_r`.
+paper on the change of an L-Lipschitz loss when W is replaced by :math:`W_r`, and compare the singular subspaces of two
+matrices by their principal angles (:func:`principal_angle_cosines`, :func:`singular_subspace_alignment`).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -23,7 +25,10 @@ from torch import nn
 from pyro_lowrank._validation import check_finite
 from pyro_lowrank.distributions import LowRankMatrixNormal
 
-__all__ = ["energy_fraction", "eym_bound", "singular_spectrum", "suggest_rank", "tail_energy"]
+__all__ = [
+    "SubspaceAlignment", "energy_fraction", "eym_bound", "principal_angle_cosines", "singular_spectrum",
+    "singular_subspace_alignment", "suggest_rank", "tail_energy",
+]
 
 WeightLike = torch.Tensor | nn.Linear | LowRankMatrixNormal
 
@@ -240,3 +245,146 @@ def eym_bound(
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(lipschitz) * float(input_norm) * float(tail_energy(values)[int(rank)])
+
+
+def _orthonormal_basis(basis: torch.Tensor, name: str, rtol: float | None) -> torch.Tensor:
+    """An orthonormal basis (columns) of the column span of a 2-D ``basis``, from its SVD."""
+    if not isinstance(basis, torch.Tensor) or not basis.is_floating_point():
+        shown = basis.dtype if isinstance(basis, torch.Tensor) else type(basis).__name__
+        raise TypeError(f"{name} must be a real floating-point torch.Tensor of shape (d, k), got {shown}")
+    if basis.dim() != 2 or basis.shape[-1] == 0:
+        raise ValueError(f"{name} must have shape (d, k) with k >= 1, got {tuple(basis.shape)}")
+    check_finite(basis, name)
+    u, values, _ = torch.linalg.svd(basis.detach(), full_matrices=False)
+    tol = (rtol if rtol is not None else max(basis.shape) * torch.finfo(basis.dtype).eps) * float(values.max())
+    keep = int((values > tol).sum())
+    if keep == 0:
+        raise ValueError(f"{name} spans only the zero subspace (all singular values <= {tol:.3g})")
+    return u[:, :keep]
+
+
+def principal_angle_cosines(basis1: torch.Tensor, basis2: torch.Tensor, *, rtol: float | None = None) -> torch.Tensor:
+    r"""Cosines of the principal angles between the column spans of two matrices (Björck and Golub 1973).
+
+    With :math:`Q_1` (d x p) and :math:`Q_2` (d x q) orthonormal bases of the two spans, the principal angles
+    :math:`0 \le \theta_1 \le \dots \le \theta_{\min(p, q)} \le \pi/2` satisfy
+
+    .. math::
+
+        \cos\theta_i = \sigma_i(Q_1^\top Q_2),
+
+    the singular values of :math:`Q_1^\top Q_2` in descending order. All cosines are 1 when one span contains the
+    other, all are 0 when the spans are orthogonal, and :math:`\sum_i \cos^2\theta_i = \lVert Q_1^\top Q_2
+    \rVert_F^2` is the squared Frobenius norm of the projection of one basis onto the other span. For random
+    subspaces (Haar) of dimensions p and q of :math:`\mathbb R^d`, :math:`\mathbb E \sum_i \cos^2\theta_i = pq/d`
+    (the chance level).
+
+    The inputs need not be orthonormal: each span's basis is taken from the left singular vectors of the matrix
+    whose singular values exceed ``rtol`` times the largest (so dependent columns do not inflate the dimension).
+
+    Parameters
+    ----------
+    basis1, basis2 : torch.Tensor
+        Shapes ``(d, k1)`` and ``(d, k2)``: the columns span the two subspaces of :math:`\mathbb R^d`.
+    rtol : float, optional
+        Relative threshold for the numerical rank; default ``max(d, k) * eps`` of the dtype.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(min(p, q),)`` with p, q the numerical ranks: the cosines, descending, clamped to [0, 1].
+
+    Raises
+    ------
+    TypeError
+        Non-floating inputs.
+    ValueError
+        Inputs that are not 2-D, have different row counts, are non-finite or span only zero.
+    """
+    q1 = _orthonormal_basis(basis1, "basis1", rtol)
+    q2 = _orthonormal_basis(basis2, "basis2", rtol)
+    if q1.shape[0] != q2.shape[0]:
+        raise ValueError(f"basis1 and basis2 must span subspaces of the same space R^d, got d = {q1.shape[0]} and "
+                         f"{q2.shape[0]} rows")
+    dtype = torch.promote_types(q1.dtype, q2.dtype)
+    return torch.linalg.svdvals(q1.to(dtype).T @ q2.to(dtype)).clamp(0.0, 1.0)
+
+
+@dataclass
+class SubspaceAlignment:
+    r"""Principal-angle comparison of the top-k singular subspaces of two matrices
+    (:func:`singular_subspace_alignment`).
+
+    Attributes
+    ----------
+    left_cosines, right_cosines : torch.Tensor
+        Shape ``(k,)``: :func:`principal_angle_cosines` between the top-k left (column space, :math:`\mathbb R^m`) and
+        right (row space, :math:`\mathbb R^n`) singular subspaces.
+    captured_energy : float
+        :math:`\lVert U_1^\top W_2 V_1 \rVert_F^2 / \lVert W_2 \rVert_F^2`: the fraction of the second matrix's
+        energy inside the first matrix's top-k subspaces (at most :math:`e_k(W_2)`, the best rank-k energy, with
+        equality when the subspaces coincide).
+    left_captured_energy, right_captured_energy : float
+        One side only: :math:`\lVert U_1^\top W_2 \rVert_F^2 / \lVert W_2 \rVert_F^2` and
+        :math:`\lVert W_2 V_1 \rVert_F^2 / \lVert W_2 \rVert_F^2` (each also at most :math:`e_k(W_2)`, by Ky Fan's
+        maximum principle, and at least ``captured_energy``).
+    """
+
+    left_cosines: torch.Tensor
+    right_cosines: torch.Tensor
+    captured_energy: float
+    left_captured_energy: float
+    right_captured_energy: float
+
+
+def singular_subspace_alignment(weight1: torch.Tensor, weight2: torch.Tensor, rank: int) -> SubspaceAlignment:
+    r"""How well the top-``rank`` singular subspaces of two m x n matrices agree.
+
+    With truncated SVDs :math:`W_1 \approx U_1 S_1 V_1^\top` and :math:`W_2 \approx U_2 S_2 V_2^\top` (k = ``rank``
+    columns each), returns the principal-angle cosines :math:`\sigma(U_1^\top U_2)` and :math:`\sigma(V_1^\top V_2)`
+    and the energy of :math:`W_2` captured by :math:`W_1`'s subspaces (both sides, and each side alone),
+
+    .. math::
+
+        \frac{\lVert U_1^\top W_2 V_1 \rVert_F^2}{\lVert W_2 \rVert_F^2} \le e_k(W_2)
+        = \frac{\sum_{i \le k} \sigma_i(W_2)^2}{\sum_i \sigma_i(W_2)^2}
+
+    (Eckart–Young–Mirsky: no rank-k pair of subspaces captures more than the top-k singular pair).
+
+    Parameters
+    ----------
+    weight1, weight2 : torch.Tensor
+        Shape ``(m, n)`` each, finite, floating point.
+    rank : int
+        k in ``[1, min(m, n)]``.
+
+    Returns
+    -------
+    SubspaceAlignment
+    """
+    for value, name in ((weight1, "weight1"), (weight2, "weight2")):
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() != 2:
+            shown = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{name} must be a real floating-point tensor of shape (m, n), got {shown}")
+        check_finite(value, name)
+    if weight1.shape != weight2.shape:
+        raise ValueError(f"weight1 and weight2 must have the same shape, got {tuple(weight1.shape)} and "
+                         f"{tuple(weight2.shape)}")
+    p = min(weight1.shape)
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= int(rank) <= p:
+        raise ValueError(f"rank must be an integer in [1, min(m, n)] = [1, {p}], got {rank!r}")
+    k = int(rank)
+    dtype = torch.promote_types(weight1.dtype, weight2.dtype)
+    w1, w2 = weight1.detach().to(dtype), weight2.detach().to(dtype)
+    u1, _, v1h = torch.linalg.svd(w1, full_matrices=False)
+    u2, _, v2h = torch.linalg.svd(w2, full_matrices=False)
+    u1, v1, u2, v2 = u1[:, :k], v1h[:k].T, u2[:, :k], v2h[:k].T
+    left = torch.linalg.svdvals(u1.T @ u2).clamp(0.0, 1.0)
+    right = torch.linalg.svdvals(v1.T @ v2).clamp(0.0, 1.0)
+    total = float(w2.square().sum())
+
+    def fraction(projected: torch.Tensor) -> float:
+        return min(max(float(projected.square().sum()) / total, 0.0), 1.0) if total > 0 else 1.0
+
+    return SubspaceAlignment(left_cosines=left, right_cosines=right, captured_energy=fraction(u1.T @ w2 @ v1),
+                             left_captured_energy=fraction(u1.T @ w2), right_captured_energy=fraction(w2 @ v1))

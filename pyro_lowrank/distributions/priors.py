@@ -14,9 +14,10 @@ from pyro.distributions import Normal, TorchDistribution
 from torch import nn
 
 from pyro_lowrank._validation import check_positive, check_probability
+from pyro_lowrank.distributions.log_uniform import LogUniform
 from pyro_lowrank.distributions.scale_mixture import ScaleMixtureNormal
 
-__all__ = ["FactorPrior", "GaussianPrior", "ScaleMixturePrior"]
+__all__ = ["FactorPrior", "GaussianPrior", "LogUniformPrior", "ScaleMixturePrior"]
 
 
 class FactorPrior(nn.Module):
@@ -89,3 +90,26 @@ class ScaleMixturePrior(FactorPrior):
     def extra_repr(self) -> str:
         return (f"mixture_weight={self.mixture_weight.item():g}, scale1={self.scale1.item():g}, "
                 f"scale2={self.scale2.item():g}")
+
+
+class LogUniformPrior(FactorPrior):
+    r"""Entries ~ the improper log-uniform prior :math:`p(w) \propto 1/|w|` of low-rank variational dropout (LRVD).
+
+    Scale-invariant: it penalises the noise-to-signal ratio :math:`\alpha = \sigma^2/\mu^2` of each entry, never its
+    size, so components whose ratio grows can be pruned (:func:`~pyro_lowrank.guides.prune_ranks`). The KL against a
+    Gaussian guide is Molchanov et al.'s approximation; see :mod:`pyro_lowrank.distributions.log_uniform` for how the
+    improper prior enters the ELBO. It has no parameters and cannot be sampled (no prior predictive checks); its
+    buffer ``zero`` only carries the module's dtype and device (``.double()``, ``.to("cuda")``) to the distribution.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("zero", torch.zeros(()))
+
+    def entry_distribution(self) -> TorchDistribution:
+        return LogUniform(dtype=self.zero.dtype, device=self.zero.device)
+
+    @property
+    def entry_second_moment(self) -> float:
+        """Infinite: the improper prior has no moments (a log-uniform prior implies no finite prior on W)."""
+        return math.inf

@@ -22,7 +22,7 @@ from pyro_lowrank.guides.init import FactorInit, svd_init, variance_matching_ini
 
 __all__ = [
     "LowRankLinear", "align_to_plates", "check_batched_under_plates", "factor_matmul", "factored_is_cheaper",
-    "fold_constant_batch", "strip_batch", "vectorized_plate_depth",
+    "fold_constant_batch", "select_rank_columns", "strip_batch", "vectorized_plate_depth",
 ]
 
 
@@ -242,6 +242,28 @@ def _factor_matmul_into(
     return out
 
 
+def select_rank_columns(layer: nn.Module, keep: torch.Tensor | list[int]) -> None:
+    """Keep the rank components ``keep`` of a layer with init buffers ``a_init`` (m x r), ``b_init`` (n x r) and an
+    int ``rank``: slice the buffers' columns and set ``rank = len(keep)`` (rank pruning).
+
+    Raises
+    ------
+    ValueError
+        ``keep`` not 1 to ``rank`` distinct integer indices in ``[0, rank)`` (a boolean mask included).
+    """
+    keep = torch.as_tensor(keep, device=layer.a_init.device).flatten()
+    if keep.dtype == torch.bool or keep.is_floating_point() or keep.is_complex():
+        raise ValueError(f"keep must hold integer indices of rank components, got dtype {keep.dtype}")
+    keep = keep.long()
+    if (keep.numel() < 1 or bool((keep < 0).any()) or bool((keep >= layer.rank).any())
+            or keep.unique().numel() != keep.numel()):
+        raise ValueError(f"keep must hold between 1 and {layer.rank} distinct indices in [0, {layer.rank}), got "
+                         f"{keep.tolist()}")
+    layer.a_init = layer.a_init.index_select(-1, keep)
+    layer.b_init = layer.b_init.index_select(-1, keep)
+    layer.rank = keep.numel()
+
+
 def _prior_a(layer: "LowRankLinear"):
     return layer.prior((layer.out_features, layer.rank))
 
@@ -371,6 +393,14 @@ class LowRankLinear(PyroModule):
         """Initial guide standard deviations of this layer's sites, ``init_scale_factor * s``."""
         return {name: self.init_scale for name in self.initial_values()}
 
+    def select_rank_components(self, weight: str, keep: torch.Tensor) -> None:
+        """Keep only the rank components ``keep`` (indices of columns of A and B): the rank becomes ``len(keep)``, the
+        init buffers are sliced, and the prior sites take the new shapes at the next call (rank pruning,
+        :func:`~pyro_lowrank.guides.prune_ranks`)."""
+        if weight != "weight":
+            raise ValueError(f"weight must be 'weight' for LowRankLinear, got {weight!r}")
+        select_rank_columns(self, keep)
+
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
         """``x (A B^T)^T + bias`` for ``x`` of shape ``(..., in_features)``; returns ``(..., out_features)``.
@@ -445,9 +475,9 @@ class LowRankLinear(PyroModule):
     def num_variational_parameters(self) -> int:
         """Learned numbers of a mean-field guide over this layer: 2 r (m + n) plus 2 m for the bias."""
         count = 2 * self.rank * (self.in_features + self.out_features)
-        return count + (2 * self.out_features if self.bias is not None else 0)
+        return count + (2 * self.out_features if self.bias_init is not None else 0)
 
     def extra_repr(self) -> str:
         extra = f", sequence_dims={self.sequence_dims}" if self.sequence_dims != 0 else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
-                f"bias={self.bias is not None}{extra}")
+                f"bias={self.bias_init is not None}{extra}")

@@ -174,9 +174,9 @@ class LowRankLSTM(PyroModule):
         widths = [self.input_size] + [hidden] * (self.num_layers - 1)
         ranks_ih = _per_layer_ranks(rank_ih, "rank_ih", self.num_layers)
         ranks_hh = _per_layer_ranks(rank_hh, "rank_hh", self.num_layers)
-        self.rank_ih = tuple(check_rank(r, 4 * hidden, n, f"rank_ih[{l}]")
+        rank_ih = tuple(check_rank(r, 4 * hidden, n, f"rank_ih[{l}]")
                              for l, (r, n) in enumerate(zip(ranks_ih, widths)))
-        self.rank_hh = tuple(check_rank(r, 4 * hidden, hidden, f"rank_hh[{l}]") for l, r in enumerate(ranks_hh))
+        rank_hh = tuple(check_rank(r, 4 * hidden, hidden, f"rank_hh[{l}]") for l, r in enumerate(ranks_hh))
 
         def layer(n_in: int, rank: int, with_bias: bool, gain: float, seq: int) -> LowRankLinear:
             return LowRankLinear(n_in, 4 * hidden, rank, bias=with_bias,
@@ -185,9 +185,9 @@ class LowRankLSTM(PyroModule):
 
         # variance matching: Var(mu_A mu_B^T)_ij = gain / n_in = 1 / (3H), torch's U(-1/sqrt(H), 1/sqrt(H)) variance
         self.ih = PyroModule[nn.ModuleList](
-            [layer(n, r, self.bias, n / (3.0 * hidden), 1) for n, r in zip(widths, self.rank_ih)]
+            [layer(n, r, self.bias, n / (3.0 * hidden), 1) for n, r in zip(widths, rank_ih)]
         )
-        self.hh = PyroModule[nn.ModuleList]([layer(hidden, r, False, 1.0 / 3.0, 0) for r in self.rank_hh])
+        self.hh = PyroModule[nn.ModuleList]([layer(hidden, r, False, 1.0 / 3.0, 0) for r in rank_hh])
         if self.bias:
             with torch.no_grad():
                 for module in self.ih:
@@ -277,6 +277,16 @@ class LowRankLSTM(PyroModule):
             return lambda h: factor_matmul(h, a, b)
         weight = a @ b.transpose(-1, -2)  # formed once for the whole sequence
         return lambda h: _dense_matmul(h, weight)
+
+    @property
+    def rank_ih(self) -> tuple[int, ...]:
+        """Current rank of each layer's input-to-hidden matrix (it drops when rank pruning removes components)."""
+        return tuple(layer.rank for layer in self.ih)
+
+    @property
+    def rank_hh(self) -> tuple[int, ...]:
+        """Current rank of each layer's hidden-to-hidden matrix."""
+        return tuple(layer.rank for layer in self.hh)
 
     def forward(
         self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -6,18 +6,20 @@ headless (no display, any backend) and never leaks global figure state; save wit
 * :func:`uncertainty_histogram` — an uncertainty score in and out of distribution (OOD AUROC);
 * :func:`selective_prediction_plot` — a metric against the retained fraction;
 * :func:`spectrum_plot` — singular spectrum and energy fraction with the chosen rank;
+* :func:`rank_dynamics_plot` — effective and pruned ranks per layer over training (LRVD rank selection);
 * :func:`correlation_heatmap` — weight-entry correlations, closed form beside Monte Carlo.
 """
 
 from pyro_lowrank.plots.calibration import reliability_diagram
 from pyro_lowrank.plots.correlation import correlation_heatmap
 from pyro_lowrank.plots.regression import ppc_band
-from pyro_lowrank.plots.spectrum import spectrum_plot
+from pyro_lowrank.plots.spectrum import rank_dynamics_plot, spectrum_plot
 from pyro_lowrank.plots.uncertainty import selective_prediction_plot, uncertainty_histogram
 
 __all__ = [
     "correlation_heatmap",
     "ppc_band",
+    "rank_dynamics_plot",
     "reliability_diagram",
     "selective_prediction_plot",
     "spectrum_plot",

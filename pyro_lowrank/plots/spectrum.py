@@ -1,15 +1,15 @@
-"""Singular spectra and the rank chosen from them."""
+"""Singular spectra, the rank chosen from them, and ranks over training (rank selection)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from matplotlib.figure import Figure
 
 from pyro_lowrank.diagnostics import energy_fraction
 
-__all__ = ["spectrum_plot"]
+__all__ = ["rank_dynamics_plot", "spectrum_plot"]
 
 
 def spectrum_plot(
@@ -57,4 +57,66 @@ def spectrum_plot(
     right.set_title("Eckart-Young-Mirsky energy")
     for ax in (left, right):
         ax.legend(loc="best")
+    return fig
+
+
+def rank_dynamics_plot(
+    effective_ranks: Mapping[str, Sequence[int]],
+    ranks: Mapping[str, Sequence[int]] | None = None,
+    *,
+    prune_epochs: Sequence[int] | None = None,
+    title: str = "rank dynamics",
+) -> Figure:
+    r"""Rank of each layer over training: the effective rank (components with :math:`\log\alpha_k < \tau`) as
+    solid lines and, optionally, the rank after pruning as dashed steps, one colour per layer.
+
+    Parameters
+    ----------
+    effective_ranks : mapping name -> sequence of int
+        Per layer, one value per epoch (e.g. regrouped from ``FitResult.effective_ranks``, a list of
+        ``{layer: rank}`` dicts); epochs are numbered from 1 on the x axis.
+    ranks : mapping name -> sequence of int, optional
+        Per layer, the rank after each epoch's pruning (``FitResult.ranks``), same lengths.
+    prune_epochs : sequence of int, optional
+        Epochs (counted from 1) at which pruning ran, drawn as faint vertical lines.
+    title : str
+        Axes title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes: rank against epoch.
+
+    Raises
+    ------
+    ValueError
+        An empty mapping, or ``ranks`` whose layers or lengths differ from ``effective_ranks``.
+    """
+    if not effective_ranks:
+        raise ValueError("effective_ranks must map at least one layer name to its per-epoch ranks, got an empty "
+                         "mapping")
+    if ranks is not None:
+        if set(ranks) != set(effective_ranks):
+            raise ValueError(f"ranks must have the layers of effective_ranks {sorted(effective_ranks)}, got "
+                             f"{sorted(ranks)}")
+        for name, values in ranks.items():
+            if len(values) != len(effective_ranks[name]):
+                raise ValueError(f"ranks[{name!r}] must have one value per epoch ({len(effective_ranks[name])}), "
+                                 f"got {len(values)}")
+    fig = Figure(figsize=(6.5, 4.0), layout="constrained")
+    ax = fig.subplots()
+    for epoch in prune_epochs or ():
+        ax.axvline(epoch, color="0.85", linewidth=0.8, zorder=0)
+    for index, (name, values) in enumerate(effective_ranks.items()):
+        color = f"C{index % 10}"
+        epochs = list(range(1, len(values) + 1))
+        ax.plot(epochs, list(values), color=color, label=f"{name} effective")
+        if ranks is not None:
+            ax.step(epochs, list(ranks[name]), where="post", color=color, linestyle="--", linewidth=1,
+                    label=f"{name} after pruning")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("rank")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize="small")
     return fig

@@ -154,3 +154,91 @@ def test_a_bayesian_pyro_linear_is_refused():
     layer.weight = PyroSample(dist.Normal(0.0, 1.0).expand([3, 4]).to_event(2))
     with pytest.raises(TypeError, match="PyroSample"):
         singular_spectrum(layer)
+
+
+# ---------------------------------------------------------------- principal angles and subspace alignment
+def test_principal_angle_cosines_of_a_hand_built_pair():
+    """span{e1, e2} against span{cos t e1 + sin t e3, (e2 + e4)/sqrt 2}: the two directions are orthogonal and each
+    meets span{e1, e2} at a known angle, so the cosines are cos t and 1/sqrt(2), whatever the scaling or mixing of
+    the given columns."""
+    import math
+
+    from pyro_lowrank.diagnostics import principal_angle_cosines
+
+    t = 0.4
+    e = torch.eye(5, dtype=torch.float64)
+    first = torch.stack([e[0], e[1]], dim=1)
+    second = torch.stack([math.cos(t) * e[0] + math.sin(t) * e[2], (e[1] + e[3]) / math.sqrt(2.0)], dim=1)
+    expected = torch.tensor(sorted([math.cos(t), 1.0 / math.sqrt(2.0)], reverse=True), dtype=torch.float64)
+    torch.testing.assert_close(principal_angle_cosines(first, second), expected)
+    mixed = second @ torch.tensor([[2.0, 1.0], [0.5, -3.0]], dtype=torch.float64)  # same span, other basis
+    torch.testing.assert_close(principal_angle_cosines(3.0 * first, mixed), expected)
+    torch.testing.assert_close(principal_angle_cosines(second, first), expected)  # symmetric
+
+
+def test_principal_angle_cosines_edge_cases_and_numerical_rank():
+    from pyro_lowrank.diagnostics import principal_angle_cosines
+
+    e = torch.eye(4, dtype=torch.float64)
+    assert torch.equal(principal_angle_cosines(e[:, :2], e[:, 2:]), torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(principal_angle_cosines(e[:, :1], e[:, :3]), torch.ones(1, dtype=torch.float64))
+    dependent = torch.stack([e[0], 2.0 * e[0], e[1]], dim=1)  # rank 2: two cosines, not three
+    assert principal_angle_cosines(dependent, e).shape == (2,)
+    g = torch.Generator().manual_seed(0)
+    values = principal_angle_cosines(torch.randn(30, 5, generator=g), torch.randn(30, 7, generator=g))
+    assert values.shape == (5,) and bool((values >= 0).all() and (values <= 1).all())
+    assert bool((values[1:] <= values[:-1]).all())
+    with pytest.raises(ValueError, match="same space R\\^d, got d = 4 and 3"):
+        principal_angle_cosines(e, torch.ones(3, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="basis1 must have shape \\(d, k\\)"):
+        principal_angle_cosines(torch.ones(4), e)
+    with pytest.raises(ValueError, match="zero subspace"):
+        principal_angle_cosines(torch.zeros(4, 2), e)
+    with pytest.raises(TypeError, match="basis2 must be a real floating-point"):
+        principal_angle_cosines(e, torch.ones(4, 2, dtype=torch.long))
+
+
+def test_principal_angles_chance_level_of_random_subspaces():
+    """E sum cos^2 = p q / d for independent uniformly random subspaces."""
+    from pyro_lowrank.diagnostics import principal_angle_cosines
+
+    g = torch.Generator().manual_seed(1)
+    d, p, q = 40, 4, 6
+    sums = [float(principal_angle_cosines(torch.randn(d, p, generator=g, dtype=torch.float64),
+                                          torch.randn(d, q, generator=g, dtype=torch.float64)).square().sum())
+            for _ in range(400)]
+    assert sum(sums) / len(sums) == pytest.approx(p * q / d, rel=0.08)
+
+
+def test_singular_subspace_alignment_identical_rotated_and_orthogonal():
+    from pyro_lowrank.diagnostics import singular_subspace_alignment
+
+    torch.manual_seed(0)
+    w = _matrix_with_spectrum([5.0, 3.0, 1.0, 0.5], m=8, n=6)
+    same = singular_subspace_alignment(w, 2.0 * w, 2)
+    torch.testing.assert_close(same.left_cosines, torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(same.right_cosines, torch.ones(2, dtype=torch.float64))
+    best = float(energy_fraction(singular_spectrum(w))[2])
+    for value in (same.captured_energy, same.left_captured_energy, same.right_captured_energy):
+        assert value == pytest.approx(best)
+    # W2 whose top-2 subspaces are the bottom of W: orthogonal top subspaces, little captured energy
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    flipped = u @ torch.diag(s.flip(0)) @ vh
+    other = singular_subspace_alignment(w, flipped, 2)
+    assert float(other.left_cosines.max()) < 1e-10 and float(other.right_cosines.max()) < 1e-10
+    expected = float((s.flip(0)[:2].square().sum()) / s.square().sum())  # flipped's energy on W's top pair
+    assert other.captured_energy == pytest.approx(expected)
+    for k in range(1, 5):  # Eckart-Young-Mirsky: never above the best rank-k energy
+        result = singular_subspace_alignment(torch.randn(8, 6, dtype=torch.float64), w, k)
+        best_k = float(energy_fraction(singular_spectrum(w))[k])
+        assert 0.0 <= result.captured_energy <= min(result.left_captured_energy, result.right_captured_energy) + 1e-12
+        assert max(result.left_captured_energy, result.right_captured_energy) <= best_k + 1e-12  # Ky Fan
+    # one side shared, the other orthogonal: the one-sided energy is the best one, the two-sided one is 0
+    half = u @ torch.diag(s) @ torch.cat([vh[2:], vh[:2]])  # W's left singular vectors, its right ones rotated
+    mixed = singular_subspace_alignment(w, half, 2)
+    assert mixed.left_captured_energy == pytest.approx(best) and mixed.captured_energy == pytest.approx(0.0, abs=1e-12)
+    torch.testing.assert_close(mixed.left_cosines, torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="rank must be an integer in \\[1, min\\(m, n\\)\\] = \\[1, 6\\], got 7"):
+        singular_subspace_alignment(w, w, 7)
+    with pytest.raises(ValueError, match="same shape"):
+        singular_subspace_alignment(w, w.T, 2)

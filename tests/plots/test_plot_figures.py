@@ -128,3 +128,24 @@ def test_correlation_heatmap_two_panels_shared_scale(tmp_path):
     single = correlation_heatmap(corr)
     assert isinstance(single, Figure) and len([ax for ax in single.axes if ax.get_images()]) == 1
     assert _saves(fig, tmp_path)
+
+
+def test_rank_dynamics_plot_draws_effective_and_pruned_ranks(tmp_path):
+    from pyro_lowrank.plots import rank_dynamics_plot
+
+    effective = {"layers.0.A": [8, 6, 4, 4], "layers.1.A": [8, 8, 3, 2]}
+    pruned = {"layers.0.A": [8, 6, 6, 4], "layers.1.A": [8, 8, 8, 2]}
+    fig = rank_dynamics_plot(effective, pruned, prune_epochs=[2, 4])
+    ax = fig.axes[0]
+    solid = [line for line in ax.lines if line.get_linestyle() == "-" and line.get_label().endswith("effective")]
+    dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert [list(line.get_ydata()) for line in solid] == [[8, 6, 4, 4], [8, 8, 3, 2]]
+    assert list(solid[0].get_xdata()) == [1, 2, 3, 4]
+    assert [list(line.get_ydata()) for line in dashed] == [[8, 6, 6, 4], [8, 8, 8, 2]]
+    assert sum(1 for line in ax.lines if list(line.get_xdata()) in ([2, 2], [4, 4])) == 2
+    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "rank"
+    assert _saves(fig, tmp_path)
+    with pytest.raises(ValueError, match="one value per epoch \\(4\\), got 3"):
+        rank_dynamics_plot(effective, {"layers.0.A": [1, 1, 1], "layers.1.A": [1, 1, 1, 1]})
+    with pytest.raises(ValueError, match="empty mapping"):
+        rank_dynamics_plot({})
