@@ -3,6 +3,7 @@ compared methods (:mod:`.methods`), the comparison and the CLI."""
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .deterministic import train_deterministic
+from .factor_ggn import FactorGGN, gauge_tangent
 from .fit import FitResult, fit
 from .jit_elbo import JitTraceMeanField_ELBO
 from .kl_weight import KLWeight, linear_kl_schedule
@@ -11,12 +12,14 @@ from .predict import log_predictive_density, max_plate_nesting, pointwise_log_li
 from .swag import SWAG
 
 __all__ = [
+    "FactorGGN",
     "FitResult",
     "JitTraceMeanField_ELBO",
     "KLWeight",
     "LaplaceApproximation",
     "SWAG",
     "fit",
+    "gauge_tangent",
     "linear_kl_schedule",
     "load_checkpoint",
     "log_predictive_density",

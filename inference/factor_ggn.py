@@ -1,0 +1,154 @@
+r"""The generalised Gauss-Newton matrix of a low-rank network in factor space, matrix-free, and its gauge kernel.
+
+For a model whose network output is the deterministic site ``f`` (every model of :mod:`pyro_lowrank.models`), take
+the parameters :math:`\theta` to be the values of chosen latent sites (the factors A, B and the biases, e.g. a MAP or
+the guide's means) flattened into one vector of size D, and :math:`f(\theta) \in \mathbb R^{N \times O}` the outputs
+on N inputs. The GGN of the negative log-likelihood is
+
+.. math::
+
+    G = J^\top \Lambda J, \qquad J = \partial f / \partial\theta \in \mathbb R^{NO \times D}, \qquad
+    \Lambda = \operatorname{blockdiag}_n \Lambda_n,
+
+with :math:`\Lambda_n = \sigma^{-2} I` for a Gaussian likelihood and :math:`\Lambda_n = \operatorname{diag}(p_n) -
+p_n p_n^\top` (:math:`p_n = \operatorname{softmax} f_n`) for a categorical one. :class:`FactorGGN` never forms J or
+G: :math:`G v = J^\top (\Lambda (J v))` is one forward-mode product (``torch.func.jvp``) and one reverse-mode product
+(``torch.func.vjp``), at the cost of about three network passes. laplace-torch forms curvature over an ``nn.Module``'s
+``parameters()``; here the parameters are Pyro sample sites of the model, which laplace-torch cannot see, and the
+products are matrix-free, which its backends are not, hence this module.
+
+**The gauge.** For a factor pair (A: m x r, B: n x r) and any r x r matrix X, the curve
+:math:`(A e^{tX}, B e^{-tX^\top})` leaves :math:`A B^\top` unchanged, so its tangent :math:`(A X, -B X^\top)`
+(:func:`gauge_tangent`) lies in the kernel of J, hence of G: :math:`r^2` kernel directions per factorised layer
+that no data can constrain.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import pyro
+import torch
+from pyro.poutine.util import site_is_subsample
+from torch.func import jvp, vjp
+
+__all__ = ["FactorGGN", "gauge_tangent"]
+
+
+class FactorGGN:
+    """Matrix-free GGN :math:`J^\\top \\Lambda J` of a model's likelihood over the values of some of its latent sites.
+
+    Parameters
+    ----------
+    model : callable
+        A Pyro model called as ``model(x)`` that records its network output as the deterministic site ``f`` (shape
+        ``(N,)`` for Gaussian regression, ``(N, C)`` of logits for classification).
+    values : dict of str to torch.Tensor
+        The point :math:`\\theta` (e.g. ``guide.median()``): every latent site of the model must be given; all of them
+        are the parameters.
+    x : torch.Tensor
+        The N inputs.
+    likelihood : {"gaussian", "categorical"}
+        Which output Hessian :math:`\\Lambda_n`.
+    noise_scale : float
+        sigma of the Gaussian likelihood.
+    """
+
+    def __init__(self, model: Callable, values: dict[str, torch.Tensor], x: torch.Tensor, *,
+                 likelihood: str = "gaussian", noise_scale: float = 1.0) -> None:
+        if likelihood not in ("gaussian", "categorical"):
+            raise ValueError(f"likelihood must be 'gaussian' or 'categorical', got {likelihood!r}")
+        if not (noise_scale > 0 and math.isfinite(noise_scale)):
+            raise ValueError(f"noise_scale must be a finite number > 0, got {noise_scale!r}")
+        if not values:
+            raise ValueError("values must name at least one latent site, got an empty dict")
+        self.model, self.x = model, x
+        self.likelihood, self.noise_scale = likelihood, float(noise_scale)
+        self.names = list(values)
+        self.point = tuple(values[name].detach() for name in self.names)
+        self.shapes = [t.shape for t in self.point]
+        self.sizes = [t.numel() for t in self.point]
+        with torch.no_grad():
+            self.outputs = self.network(*self.point)
+
+    @property
+    def num_parameters(self) -> int:
+        """D, the length of the flattened parameter vector."""
+        return sum(self.sizes)
+
+    def network(self, *tensors: torch.Tensor) -> torch.Tensor:
+        """The outputs ``(N, O)`` at the site values ``tensors`` (in the order of ``names``)."""
+        data = dict(zip(self.names, tensors))
+        with pyro.validation_enabled(False), pyro.poutine.block():
+            trace = pyro.poutine.trace(pyro.poutine.condition(self.model, data=data)).get_trace(self.x)
+        missing = [name for name in trace.stochastic_nodes
+                   if not site_is_subsample(trace.nodes[name]) and name not in data and name != "obs"]
+        if missing:
+            raise ValueError(f"values must give every latent site of the model; missing {missing}")
+        if "f" not in trace.nodes:
+            raise ValueError("the model records no deterministic site 'f' (its network output)")
+        f = trace.nodes["f"]["value"]
+        return f.unsqueeze(-1) if self.likelihood == "gaussian" else f
+
+    def unflatten(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Split a flat vector of length D into tensors shaped like the site values."""
+        if v.shape != (self.num_parameters,):
+            raise ValueError(f"v must have shape ({self.num_parameters},), got {tuple(v.shape)}")
+        return tuple(part.reshape(shape) for part, shape in zip(v.split(self.sizes), self.shapes))
+
+    def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Concatenate ``{site: tensor}`` (every site of ``names``) into a flat vector of length D."""
+        return torch.cat([tensors[name].reshape(-1) for name in self.names])
+
+    def jvp(self, v: torch.Tensor) -> torch.Tensor:
+        """:math:`J v`, shape ``(N, O)``."""
+        return jvp(self.network, self.point, self.unflatten(v))[1]
+
+    def vjp(self, u: torch.Tensor) -> torch.Tensor:
+        """:math:`J^\\top u` for ``u`` of shape ``(N, O)``, flat."""
+        _, pullback = vjp(self.network, *self.point)
+        return torch.cat([g.reshape(-1) for g in pullback(u)])
+
+    def output_hessian_product(self, u: torch.Tensor) -> torch.Tensor:
+        """:math:`\\Lambda u` per datum (``u`` of shape ``(N, O)``)."""
+        if self.likelihood == "gaussian":
+            return u / self.noise_scale**2
+        p = self.outputs.softmax(-1)
+        return p * u - p * (p * u).sum(-1, keepdim=True)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """:math:`G v = J^\\top \\Lambda J v` (flat, length D)."""
+        return self.vjp(self.output_hessian_product(self.jvp(v)))
+
+    def dense(self) -> torch.Tensor:
+        """G as a D x D matrix, one :meth:`matvec` per column (for small networks and tests)."""
+        eye = torch.eye(self.num_parameters, dtype=self.point[0].dtype, device=self.point[0].device)
+        return torch.stack([self.matvec(column) for column in eye], dim=1)
+
+
+def gauge_tangent(values: dict[str, torch.Tensor], a_site: str, b_site: str, generator: torch.Tensor) -> dict:
+    r"""The tangent :math:`(A X, -B X^\top)` of the gauge orbit :math:`(A e^{tX}, B e^{-tX^\top})` at ``values``.
+
+    Parameters
+    ----------
+    values : dict of str to torch.Tensor
+        Site values with ``values[a_site]`` (m x r) and ``values[b_site]`` (n x r).
+    a_site, b_site : str
+        The pair's site names (``layer.factor_sites()["weight"]``).
+    generator : torch.Tensor
+        X, r x r.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        A tangent for every site of ``values``: zero except at the pair.
+    """
+    a, b = values[a_site], values[b_site]
+    r = a.shape[-1]
+    if generator.shape != (r, r):
+        raise ValueError(f"generator must have shape ({r}, {r}) for a rank-{r} pair, got {tuple(generator.shape)}")
+    tangent = {name: torch.zeros_like(value) for name, value in values.items()}
+    tangent[a_site] = a @ generator
+    tangent[b_site] = -(b @ generator.T)
+    return tangent
