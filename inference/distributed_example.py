@@ -85,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
             probs = torch.softmax(predict(model, guide, x_val, 64)["f"], -1).mean(0)
             summary["val_accuracy"] = float((probs.argmax(-1) == y_val).float().mean())
             print(json.dumps(summary))
+        if distributed:  # tear the group down together: a rank that leaves while rank 0 still predicts can abort
+            torch.distributed.barrier()
         return summary
     finally:
         if distributed:
