@@ -3,7 +3,7 @@ compared methods (:mod:`.methods`), the comparison and the CLI."""
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .deterministic import train_deterministic
-from .factor_ggn import FactorGGN, gauge_tangent
+from .factor_ggn import FactorGGN, gauge_tangent, top_eigenpairs
 from .fit import FitResult, fit
 from .jit_elbo import JitTraceMeanField_ELBO
 from .kl_weight import KLWeight, linear_kl_schedule
@@ -27,6 +27,7 @@ __all__ = [
     "max_plate_nesting",
     "predict",
     "save_checkpoint",
+    "top_eigenpairs",
     "train_deterministic",
     "vectorized_traces",
 ]

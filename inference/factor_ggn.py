@@ -33,7 +33,7 @@ import torch
 from pyro.poutine.util import site_is_subsample
 from torch.func import jvp, vjp
 
-__all__ = ["FactorGGN", "gauge_tangent"]
+__all__ = ["FactorGGN", "gauge_tangent", "top_eigenpairs"]
 
 
 class FactorGGN:
@@ -152,3 +152,46 @@ def gauge_tangent(values: dict[str, torch.Tensor], a_site: str, b_site: str, gen
     tangent[a_site] = a @ generator
     tangent[b_site] = -(b @ generator.T)
     return tangent
+
+
+def top_eigenpairs(ggn: FactorGGN, k: int, *, tol: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The k largest eigenvalues and eigenvectors of the GGN from matrix-vector products only (Lanczos).
+
+    SciPy's ARPACK ``eigsh`` (implicitly restarted Lanczos) runs on a ``LinearOperator`` whose product is
+    :meth:`FactorGGN.matvec` (in float64), so G is never formed: cost about k to 3k products. The low-rank Laplace
+    approximation keeps these directions, :math:`G pprox U \operatorname{diag}(\lambda) U^	op`.
+
+    Parameters
+    ----------
+    ggn : FactorGGN
+        The operator.
+    k : int
+        How many eigenpairs, 1 <= k < D.
+    tol : float
+        ARPACK's relative tolerance (0: machine precision).
+
+    Returns
+    -------
+    eigenvalues : torch.Tensor
+        Shape ``(k,)``, descending.
+    eigenvectors : torch.Tensor
+        Shape ``(D, k)``, orthonormal columns, in the dtype and on the device of the site values.
+    """
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    size = ggn.num_parameters
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < size:
+        raise ValueError(f"k must be an integer in [1, {size - 1}] for a GGN of size {size}, got {k!r}")
+    like = ggn.point[0]
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        product = ggn.matvec(torch.as_tensor(np.ravel(v), dtype=like.dtype, device=like.device))
+        return product.detach().double().cpu().numpy()
+
+    operator = LinearOperator((size, size), matvec=matvec, dtype=np.float64)
+    start = np.random.default_rng(0).standard_normal(size)  # a fixed start vector: reproducible runs
+    values, vectors = eigsh(operator, k=k, which="LA", tol=tol, v0=start)
+    order = np.argsort(values)[::-1]
+    return (torch.as_tensor(values[order].copy(), dtype=like.dtype, device=like.device),
+            torch.as_tensor(vectors[:, order].copy(), dtype=like.dtype, device=like.device))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pyro_lowrank.guides import FactorGuide
-from pyro_lowrank.inference.factor_ggn import FactorGGN, gauge_tangent
+from pyro_lowrank.inference.factor_ggn import FactorGGN, gauge_tangent, top_eigenpairs
 from pyro_lowrank.models import LowRankMLP
 
 
@@ -80,3 +80,16 @@ def test_bad_arguments():
     a_site, b_site = model.layers[0].factor_sites()["weight"]
     with pytest.raises(ValueError, match="generator"):
         gauge_tangent(values, a_site, b_site, torch.zeros(3, 3))
+
+
+def test_lanczos_top_eigenpairs_match_the_dense_spectrum():
+    _, _, _, ggn = _setup("categorical")
+    dense_values, dense_vectors = torch.linalg.eigh(ggn.dense())
+    values, vectors = top_eigenpairs(ggn, 5)
+    torch.testing.assert_close(values, dense_values.flip(0)[:5], rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(vectors.T @ vectors, torch.eye(5, dtype=torch.float64), rtol=0, atol=1e-8)
+    top = dense_vectors[:, -5:]
+    overlap = torch.linalg.svdvals(vectors.T @ top)  # same subspace: all principal cosines 1
+    torch.testing.assert_close(overlap, torch.ones(5, dtype=torch.float64), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="k must be"):
+        top_eigenpairs(ggn, ggn.num_parameters)
