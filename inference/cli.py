@@ -10,6 +10,15 @@ import sys
 __all__ = ["main"]
 
 
+def _add_run_options(parser: argparse.ArgumentParser, *, root: bool = False) -> None:
+    """The options every training subcommand shares: ``--device``, ``--quiet`` and, for the data-set ones, ``--root``."""
+    if root:
+        parser.add_argument("--root", default=None,
+                            help="data root (default: $PYRO_LOWRANK_DATA, else the user cache folder)")
+    parser.add_argument("--device", default="cpu", help="torch device for data and networks (default: cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyro-lowrank", description="Low-rank Bayesian neural networks for Pyro.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -18,8 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--epochs", type=int, default=60, help="training epochs for both networks")
     demo.add_argument("--num-samples", type=int, default=100, help="posterior draws for the predictive")
-    demo.add_argument("--device", default="cpu", help="torch device for data and networks (default: cpu)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_run_options(demo)
     compare = sub.add_parser("compare", help="every method on the demo dataset (digits 0-7, OOD 8-9): one table")
     compare.add_argument("--methods", default=None,
                          help="comma-separated method names (default: all registered baselines and low-rank)")
@@ -28,8 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--num-samples", type=int, default=100, help="predictive draws per method")
     compare.add_argument("--format", choices=["table", "markdown", "json"], default="table")
     compare.add_argument("--out", default=None, help="also write the formatted results to this file")
-    compare.add_argument("--device", default="cpu", help="torch device for data and networks (default: cpu)")
-    compare.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_run_options(compare)
     bench = sub.add_parser(
         "bench", help="time training steps and predictive passes of every route side by side (ratios to the "
                       "deterministic MLP), Transformer memory and scaling curves; writes bench.json, bench.md, "
@@ -79,11 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     for size in ("d-model", "num-layers", "num-heads", "dim-feedforward"):
         experiment.add_argument(f"--{size}", type=int, default=None,
                                 help=f"sst2: encoder {size.replace('-', '_')} (default: the paper's)")
-    experiment.add_argument("--root", default=None,
-                            help="data root (default: $PYRO_LOWRANK_DATA, else the user cache folder)")
     experiment.add_argument("--out", default=None, help="output folder (default: experiment-<name>)")
-    experiment.add_argument("--device", default="cpu", help="torch device for data and networks (default: cpu)")
-    experiment.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_run_options(experiment, root=True)
     bayeslora = sub.add_parser(
         "bayeslora-sst2", help="BayesLoRA (LRVD guide, rank pruning) against plain LoRA of the same rank on the "
                                "attention projections of the bundled MiniLM, fine-tuned on SST-2 (needs the "
@@ -99,11 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     bayeslora.add_argument("--num-samples", type=int, default=None, help="BayesLoRA posterior draws (default 16)")
     bayeslora.add_argument("--rank", type=int, default=None, help="adapter rank of both methods (default 8)")
     bayeslora.add_argument("--prune-tau", type=float, default=None, help="log-alpha pruning threshold (default 3)")
-    bayeslora.add_argument("--root", default=None,
-                           help="data root (default: $PYRO_LOWRANK_DATA, else the user cache folder)")
     bayeslora.add_argument("--out", default="bayeslora-sst2-out", help="output folder (default: bayeslora-sst2-out)")
-    bayeslora.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    bayeslora.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_run_options(bayeslora, root=True)
     ranksel = sub.add_parser(
         "rank-selection", help="rank selection from scratch with low-rank variational dropout on the digits MLP "
                                "(LRVD guide, log-uniform prior) against the singular spectra of a deterministic "
@@ -119,9 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default norm)")
     ranksel.add_argument("--num-samples", type=int, default=None, help="posterior draws for the test metrics (100)")
     ranksel.add_argument("--out", default="rank-selection-out", help="output folder (default: rank-selection-out)")
-    ranksel.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     ranksel.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    ranksel.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_run_options(ranksel)
     return parser
 
 
