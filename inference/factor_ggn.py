@@ -31,9 +31,78 @@ from typing import Callable
 import pyro
 import torch
 from pyro.poutine.util import site_is_subsample
-from torch.func import jvp, vjp
+from torch.func import jvp, vjp, vmap
 
-__all__ = ["FactorGGN", "gauge_tangent", "top_eigenpairs"]
+__all__ = ["FactorGGN", "SiteLayout", "gauge_tangent", "model_outputs", "top_eigenpairs"]
+
+
+class SiteLayout:
+    """How a dict of latent-site values maps to one flat parameter vector of length D (and back).
+
+    Parameters
+    ----------
+    values : dict of str to torch.Tensor
+        Site values; their order and shapes define the layout.
+    """
+
+    def __init__(self, values: dict[str, torch.Tensor]) -> None:
+        if not values:
+            raise ValueError("values must name at least one latent site, got an empty dict")
+        self.names = list(values)
+        self.shapes = [torch.Size(values[name].shape) for name in self.names]
+        self.sizes = [math.prod(shape) for shape in self.shapes]
+
+    @property
+    def num_parameters(self) -> int:
+        """D, the length of the flat vector."""
+        return sum(self.sizes)
+
+    def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``{site: tensor of shape batch + site shape}`` to one tensor of shape ``batch + (D,)``."""
+        parts = []
+        for name, shape in zip(self.names, self.shapes):
+            value = tensors[name]
+            cut = value.dim() - len(shape)
+            if cut < 0 or value.shape[cut:] != shape:
+                raise ValueError(f"tensors[{name!r}] must end in shape {tuple(shape)}, got {tuple(value.shape)}")
+            parts.append(value.reshape(*value.shape[:cut], -1))
+        return torch.cat(parts, dim=-1)
+
+    def unflatten(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A tensor of shape ``batch + (D,)`` to ``{site: tensor of shape batch + site shape}``."""
+        if v.dim() == 0 or v.shape[-1] != self.num_parameters:
+            raise ValueError(f"v must have last dimension D = {self.num_parameters}, got shape {tuple(v.shape)}")
+        batch = v.shape[:-1]
+        return {name: part.reshape(*batch, *shape)
+                for name, part, shape in zip(self.names, v.split(self.sizes, dim=-1), self.shapes)}
+
+
+def model_outputs(model: Callable, values: dict[str, torch.Tensor], x: torch.Tensor, *,
+                  batched: bool = False, plate_depth: int = 1) -> torch.Tensor:
+    r"""The model's network output (its deterministic site ``f``) with its latent sites set to ``values``.
+
+    The model runs under ``pyro.poutine.condition`` (inside ``block``, so nothing reaches an outer handler): this is
+    :math:`f(x; \theta)` for any model of :mod:`pyro_lowrank.models`. With ``batched=True`` every value carries a
+    leading batch of S parameter settings, placed left of the model's ``plate_depth`` plates (as
+    :func:`~pyro_lowrank.inference.vectorized_traces` places guide draws), so the S networks run in one vectorised
+    pass and the output is ``(S, N, ...)``.
+
+    Raises ``ValueError`` when a latent site (other than the observation ``obs``) has no value, or when the model has
+    no site ``f``.
+    """
+    data = values
+    if batched:
+        data = {name: value.reshape(value.shape[:1] + (1,) * plate_depth + value.shape[1:])
+                for name, value in values.items()}
+    with pyro.validation_enabled(False), pyro.poutine.block():
+        trace = pyro.poutine.trace(pyro.poutine.condition(model, data=data)).get_trace(x)
+    missing = [name for name in trace.stochastic_nodes
+               if not site_is_subsample(trace.nodes[name]) and name not in data and name != "obs"]
+    if missing:
+        raise ValueError(f"values must give every latent site of the model; missing {missing}")
+    if "f" not in trace.nodes:
+        raise ValueError("the model records no deterministic site 'f' (its network output)")
+    return trace.nodes["f"]["value"]
 
 
 class FactorGGN:
@@ -69,6 +138,7 @@ class FactorGGN:
         self.point = tuple(values[name].detach() for name in self.names)
         self.shapes = [t.shape for t in self.point]
         self.sizes = [t.numel() for t in self.point]
+        self.num_products = 0
         with torch.no_grad():
             self.outputs = self.network(*self.point)
 
@@ -79,16 +149,8 @@ class FactorGGN:
 
     def network(self, *tensors: torch.Tensor) -> torch.Tensor:
         """The outputs ``(N, O)`` at the site values ``tensors`` (in the order of ``names``)."""
-        data = dict(zip(self.names, tensors))
-        with pyro.validation_enabled(False), pyro.poutine.block():
-            trace = pyro.poutine.trace(pyro.poutine.condition(self.model, data=data)).get_trace(self.x)
-        missing = [name for name in trace.stochastic_nodes
-                   if not site_is_subsample(trace.nodes[name]) and name not in data and name != "obs"]
-        if missing:
-            raise ValueError(f"values must give every latent site of the model; missing {missing}")
-        if "f" not in trace.nodes:
-            raise ValueError("the model records no deterministic site 'f' (its network output)")
-        f = trace.nodes["f"]["value"]
+        with torch.enable_grad():  # the layers' gradient-free fast path cannot see function-transform tensors
+            f = model_outputs(self.model, dict(zip(self.names, tensors)), self.x)
         return f.unsqueeze(-1) if self.likelihood == "gaussian" else f
 
     def unflatten(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -118,8 +180,42 @@ class FactorGGN:
         return p * u - p * (p * u).sum(-1, keepdim=True)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """:math:`G v = J^\\top \\Lambda J v` (flat, length D)."""
+        """:math:`G v = J^\\top \\Lambda J v` (flat, length D); counted in :attr:`num_products`."""
+        self.num_products += 1
         return self.vjp(self.output_hessian_product(self.jvp(v)))
+
+    def sqrt_rows(self, chunk_size: int = 256) -> torch.Tensor:
+        r"""The rows of :math:`R = M^\top J` (shape ``(N·O, D)``) with :math:`\Lambda_n = M_n M_n^\top`, so that
+        :math:`G = R^\top R` exactly.
+
+        :math:`M_n = \sigma^{-1} I` (Gaussian) or :math:`M_n = \operatorname{diag}(s_n) - p_n s_n^\top`,
+        :math:`s_n = \sqrt{p_n}` (categorical; :math:`M_n M_n^\top = \operatorname{diag}(p_n) - p_n p_n^\top` because
+        :math:`I - s_n s_n^\top` is a projector). Each row is one reverse-mode product with a one-hot cotangent,
+        batched by ``torch.func.vmap`` in chunks of ``chunk_size`` rows: N·O backward passes in all, so use it
+        for the diagonal of G and for the kernel study of small networks.
+        """
+        _, pullback = vjp(self.network, *self.point)
+        n, o = self.outputs.shape
+        like = self.outputs
+        if self.likelihood == "gaussian":
+            sqrt = torch.eye(o, dtype=like.dtype, device=like.device).expand(n, o, o) / self.noise_scale
+        else:
+            p = like.softmax(-1)
+            s = p.sqrt()
+            sqrt = torch.diag_embed(s) - p.unsqueeze(-1) * s.unsqueeze(-2)  # M_n[i, c]
+        rows = []
+        for start in range(0, n * o, chunk_size):
+            index = torch.arange(start, min(start + chunk_size, n * o), device=like.device)
+            datum, column = index // o, index % o
+            cotangent = torch.zeros(index.numel(), n, o, dtype=like.dtype, device=like.device)
+            cotangent[torch.arange(index.numel()), datum] = sqrt[datum, :, column]
+            parts = vmap(pullback)(cotangent)
+            rows.append(torch.cat([part.reshape(index.numel(), -1) for part in parts], dim=1))
+        return torch.cat(rows)
+
+    def diagonal(self, chunk_size: int = 256) -> torch.Tensor:
+        """diag(G), length D: the column sums of squares of :meth:`sqrt_rows`."""
+        return self.sqrt_rows(chunk_size).square().sum(0)
 
     def dense(self) -> torch.Tensor:
         """G as a D x D matrix, one :meth:`matvec` per column (for small networks and tests)."""

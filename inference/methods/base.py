@@ -279,6 +279,10 @@ class PyroMethod(Method):
     def build(self, train: Data) -> tuple[nn.Module, nn.Module]:
         """Construct ``(model, guide)`` (may use the training data, e.g. for an SVD initialisation)."""
 
+    def make_elbo(self) -> Any:
+        """The ELBO :func:`~pyro_lowrank.inference.fit` trains with (``None``: its default, the mean-field ELBO)."""
+        return None
+
     def _fit(self, train: Data, val: Data | None) -> float:
         torch.manual_seed(self.seed)
         self.model, self.guide = self.build(train)
@@ -290,6 +294,7 @@ class PyroMethod(Method):
             batch_size=self.batch_size,
             lr=self.lr,
             num_particles=self.num_particles,
+            elbo=self.make_elbo(),
             kl_anneal_epochs=self.kl_anneal_epochs,
             **self._early_stopping(val),
             val_num_samples=self.val_num_samples,

@@ -110,7 +110,9 @@ def test_registry_and_configuration_errors():
 
 CHEAP = {"num_epochs": 2}
 EXTRA = {"ensemble": {"num_members": 2}, "lowrank": {"rank": 2}, "lowrank_svd": {"rank": 2}, "swag": {"swag_epochs": 2},
-         "rank1": {"num_components": 2}}
+         "rank1": {"num_components": 2}, "laplace_factor": {"rank": 2}, "laplace_factor_glm": {"rank": 2},
+         "laplace_diffusion": {"rank": 2, "num_steps": 2, "pool_size": 3, "num_eigenpairs": 4},
+         "fiber_walk": {"rank": 2, "num_particles": 3, "walk_steps": 30, "flow_steps": 10}}
 
 
 @pytest.mark.parametrize("name", sorted(available_methods()))
