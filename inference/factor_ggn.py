@@ -190,11 +190,11 @@ class FactorGGN:
 
         :math:`M_n = \sigma^{-1} I` (Gaussian) or :math:`M_n = \operatorname{diag}(s_n) - p_n s_n^\top`,
         :math:`s_n = \sqrt{p_n}` (categorical; :math:`M_n M_n^\top = \operatorname{diag}(p_n) - p_n p_n^\top` because
-        :math:`I - s_n s_n^\top` is a projector). Each row is one reverse-mode product with a one-hot cotangent,
-        batched by ``torch.func.vmap`` in chunks of ``chunk_size`` rows: N·O backward passes in all, so use it
-        for the diagonal of G and for the kernel study of small networks.
+        :math:`I - s_n s_n^\top` is a projector). Row (n, c) depends on datum n alone, so the data are taken in chunks
+        of about ``chunk_size / O`` inputs: one forward pass per chunk and one reverse-mode product per row of the
+        chunk, batched by ``torch.func.vmap``, i.e. N·O backward passes over chunk-sized batches in all (cost and
+        memory linear in N). Use it for the diagonal of G and for the kernel study.
         """
-        _, pullback = vjp(self.network, *self.point)
         n, o = self.outputs.shape
         like = self.outputs
         if self.likelihood == "gaussian":
@@ -203,14 +203,24 @@ class FactorGGN:
             p = like.softmax(-1)
             s = p.sqrt()
             sqrt = torch.diag_embed(s) - p.unsqueeze(-1) * s.unsqueeze(-2)  # M_n[i, c]
+        per_chunk = max(1, chunk_size // o)
         rows = []
-        for start in range(0, n * o, chunk_size):
-            index = torch.arange(start, min(start + chunk_size, n * o), device=like.device)
-            datum, column = index // o, index % o
-            cotangent = torch.zeros(index.numel(), n, o, dtype=like.dtype, device=like.device)
-            cotangent[torch.arange(index.numel()), datum] = sqrt[datum, :, column]
+        for first in range(0, n, per_chunk):
+            data = slice(first, min(first + per_chunk, n))
+            count = data.stop - data.start
+
+            def network(*tensors: torch.Tensor, inputs: torch.Tensor = self.x[data]) -> torch.Tensor:
+                with torch.enable_grad():
+                    f = model_outputs(self.model, dict(zip(self.names, tensors)), inputs)
+                return f.unsqueeze(-1) if self.likelihood == "gaussian" else f
+
+            _, pullback = vjp(network, *self.point)
+            datum = torch.arange(count, device=like.device).repeat_interleave(o)
+            column = torch.arange(o, device=like.device).repeat(count)
+            cotangent = torch.zeros(count * o, count, o, dtype=like.dtype, device=like.device)
+            cotangent[torch.arange(count * o, device=like.device), datum] = sqrt[data][datum, :, column]
             parts = vmap(pullback)(cotangent)
-            rows.append(torch.cat([part.reshape(index.numel(), -1) for part in parts], dim=1))
+            rows.append(torch.cat([part.reshape(count * o, -1) for part in parts], dim=1))
         return torch.cat(rows)
 
     def diagonal(self, chunk_size: int = 256) -> torch.Tensor:
@@ -255,7 +265,7 @@ def top_eigenpairs(ggn: FactorGGN, k: int, *, tol: float = 0.0) -> tuple[torch.T
 
     SciPy's ARPACK ``eigsh`` (implicitly restarted Lanczos) runs on a ``LinearOperator`` whose product is
     :meth:`FactorGGN.matvec` (in float64), so G is never formed: cost about k to 3k products. The low-rank Laplace
-    approximation keeps these directions, :math:`G pprox U \operatorname{diag}(\lambda) U^	op`.
+    approximation keeps these directions, :math:`G \approx U \operatorname{diag}(\lambda) U^\top`.
 
     Parameters
     ----------

@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -60,7 +61,7 @@ __all__ = ["FactorLaplace", "STRUCTURES", "fit_map", "lowrank_scale_noise", "pre
 logger = logging.getLogger(__name__)
 
 STRUCTURES = ("lowrank", "diag", "full")
-DEFAULT_PRIOR_PRECISION_GRID = torch.logspace(-2, 4, 19, dtype=torch.float64)
+DEFAULT_PRIOR_PRECISION_GRID = torch.logspace(-2, 6, 25, dtype=torch.float64)
 
 
 def fit_map(model: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor], *,
@@ -255,22 +256,38 @@ class FactorLaplace:
                              num_samples: int = 32, linearised: bool = False, seed: int = 0) -> dict[float, float]:
         r"""Set alpha to the grid value with the smallest validation NLL of the mixture predictive (sampled or
         linearised; the same S standard-normal draws for every alpha, so the curve is smooth). The default grid is
-        :math:`10^{-2} \dots 10^{4}`, three values per decade. Returns ``{alpha: NLL per datum}``."""
+        :math:`10^{-2} \dots 10^{6}`, three values per decade; a ``RuntimeWarning`` says when the best value is at
+        its edge. Returns ``{alpha: NLL per datum}``; alpha is left unchanged when the search fails.
+
+        Raises ``ValueError`` for an empty grid or a value that is not finite and > 0, and ``FloatingPointError``
+        when every grid value gives a non-finite NLL."""
         grid = DEFAULT_PRIOR_PRECISION_GRID.tolist() if grid is None else [float(a) for a in grid]
         if not grid:
             raise ValueError("grid must hold at least one prior precision, got an empty sequence")
+        bad = [a for a in grid if not (a > 0 and math.isfinite(a))]
+        if bad:
+            raise ValueError(f"grid must hold finite prior precisions > 0, got {bad}")
         generator = torch.Generator(device=self.mean.device).manual_seed(seed)
         eps = torch.randn(check_positive_int(num_samples, "num_samples"), self.mean.numel(), dtype=self.mean.dtype,
                           device=self.mean.device, generator=generator)
-        curve = {}
-        for alpha in grid:
-            self.prior_precision = alpha
-            with torch.no_grad():
-                parameters = self.mean + self.scale_noise(eps)
-            f = self.outputs(x, parameters, linearised=linearised).detach()
-            nll = -float(predictive_log_density(f, y, self.likelihood, self.noise_scale).mean())
-            curve[alpha] = nll if math.isfinite(nll) else math.inf
-        self.prior_precision = min(curve, key=curve.get)
-        logger.info("prior precision %.3g (validation NLL %.4f)", self.prior_precision, curve[self.prior_precision])
+        before, curve = self.prior_precision, {}
+        try:
+            for alpha in grid:
+                self.prior_precision = alpha
+                with torch.no_grad():
+                    parameters = self.mean + self.scale_noise(eps)
+                f = self.outputs(x, parameters, linearised=linearised).detach()
+                nll = -float(predictive_log_density(f, y, self.likelihood, self.noise_scale).mean())
+                curve[alpha] = nll if math.isfinite(nll) else math.inf
+        finally:
+            self.prior_precision = before
+        best = min(curve, key=curve.get)
+        if not math.isfinite(curve[best]):
+            raise FloatingPointError(f"the validation NLL is non-finite for every prior precision of the grid {grid}")
+        if len(grid) > 1 and best in (min(grid), max(grid)):
+            warnings.warn(f"the tuned prior precision {best:.3g} is at the edge of the grid [{min(grid):.3g}, "
+                          f"{max(grid):.3g}]; widen the grid", RuntimeWarning, stacklevel=2)
+        self.prior_precision = best
+        logger.info("prior precision %.3g (validation NLL %.4f)", best, curve[best])
         return curve
 

@@ -42,11 +42,12 @@ import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 from pyro.poutine.util import site_is_subsample
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from pyro_lowrank.errors import TrainingDivergedError
 
 from .factor_ggn import SiteLayout
+from .predict import max_plate_nesting
 
 __all__ = ["FiberFlow", "FiberWalk", "walk_fiber"]
 
@@ -156,7 +157,7 @@ def _top_curvature(loss_fn: Callable[[torch.Tensor], torch.Tensor], theta: torch
 def walk_fiber(model: Callable, values: dict[str, torch.Tensor], data: tuple[torch.Tensor, torch.Tensor], *,
                num_particles: int = 16, num_steps: int = 200, step_size: float = 1e-2, correction: float = 1.0,
                burn_in: int = 20, record_every: int = 5, loss_tolerance: float = 0.05, resample_drift: bool = False,
-               project_drift: bool = True, batch_size: int | None = None, plate_depth: int = 1, seed: int = 0,
+               project_drift: bool = True, batch_size: int | None = None, plate_depth: int | None = None, seed: int = 0,
                progress: bool = False) -> FiberWalk:
     r"""Walk ``num_particles`` particles from the MAP along the near-optimal set of L and collect their positions.
 
@@ -200,8 +201,9 @@ def walk_fiber(model: Callable, values: dict[str, torch.Tensor], data: tuple[tor
     batch_size : int, optional
         Estimate the gradients on random minibatches of this size (likelihood scaled by N / B, the model's
         ``num_data``); the loss of recorded positions is always evaluated on the full data.
-    plate_depth : int
-        How many plates the model nests the observations in (1 for the reference MLPs).
+    plate_depth : int, optional
+        How many plates the model nests the observations in (default: read off one trace by
+        :func:`~pyro_lowrank.inference.max_plate_nesting`; 1 for the reference MLPs).
     seed : int
         Seeds the drifts, the minibatches and the curvature estimate (a ``torch.Generator`` on the values' device).
     progress : bool
@@ -227,7 +229,8 @@ def walk_fiber(model: Callable, values: dict[str, torch.Tensor], data: tuple[tor
     num_steps = _check_int(num_steps, "num_steps", 1)
     burn_in = _check_int(burn_in, "burn_in", 0)
     record_every = _check_int(record_every, "record_every", 1)
-    plate_depth = _check_int(plate_depth, "plate_depth", 1)
+    plate_depth = max(1, max_plate_nesting(model, x[:1])) if plate_depth is None else \
+        _check_int(plate_depth, "plate_depth", 1)
     if burn_in + record_every > num_steps:
         raise ValueError(f"num_steps must be >= burn_in + record_every = {burn_in + record_every} so that at least "
                          f"one position is recorded, got num_steps={num_steps}")
@@ -381,7 +384,7 @@ class FiberFlow:
         self.coordinates = (solutions - self.mean) @ self.basis / self.scale  # z of the solutions, (K, d)
         like = {"device": solutions.device, "dtype": solutions.dtype}
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU generator only: CUDA generators stay untouched
             make = getattr(T, transform)
             modules = [] if d == 1 else [make(d, hidden_dims=list(hidden_dims)) for _ in range(self.num_flows)]
         self.modules = torch.nn.ModuleList(modules).to(**like)

@@ -112,11 +112,13 @@ def kernel_variance_share(eigenvalues: torch.Tensor, prior_precisions: Sequence[
                           kernel_dim: int | None = None, rtol: float = 1e-10) -> torch.Tensor:
     r"""Share :math:`s(\alpha)` of the full Laplace posterior's total variance that lies in the GGN's kernel, for
     every alpha of ``prior_precisions`` (module docstring). ``eigenvalues``: the full spectrum of G (length D);
-    ``kernel_dim`` defaults to the number of eigenvalues at most ``rtol`` times the largest."""
-    spectrum = eigenvalues.to(torch.float64).clamp_min(0.0)
+    ``kernel_dim`` defaults to the number of eigenvalues at most ``rtol`` times the largest; pass
+    ``summary.kernel_dim`` of :func:`ggn_kernel_summary` to use its (singular-value) rank criterion instead. The
+    result has the dtype and device of ``eigenvalues``."""
+    spectrum = eigenvalues.clamp_min(0.0)
     if kernel_dim is None:
         kernel_dim = int((spectrum <= rtol * spectrum.max()).sum())
-    alphas = torch.as_tensor(prior_precisions, dtype=torch.float64)
+    alphas = torch.as_tensor(prior_precisions, dtype=spectrum.dtype, device=spectrum.device)
     if (alphas <= 0).any() or not torch.isfinite(alphas).all():
         raise ValueError(f"prior_precisions must be finite and > 0, got {alphas.tolist()}")
     kernel = kernel_dim / alphas

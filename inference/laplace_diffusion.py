@@ -13,12 +13,14 @@ with :math:`\varepsilon_t \sim \mathcal N(0, I_D)` and, by ``variant``,
 * ``"image"`` (Roy et al.'s "non-kernel-eigvals"): :math:`s_t = U_t (\lambda_t + \alpha)^{-1/2} \odot
   U_t^\top\varepsilon_t`, a step in the GGN's image, scaled by the posterior precision there;
 * ``"kernel"``: :math:`s_t = \alpha^{-1/2} (I - U_t U_t^\top)\varepsilon_t`, a prior-scaled step in the orthogonal
-  complement of the top-k eigenspace, which approximates the kernel of :math:`G(\theta_t)` (the directions that
-  do not change the training predictions: gauge orbits, ReLU rescalings, and directions the data do not see);
+  complement of the top-k eigenspace. That complement contains the kernel of :math:`G(\theta_t)` (the directions
+  that do not change the training predictions: gauge orbits, ReLU rescalings, directions the data do not see) and
+  equals it only when k reaches the rank of G; with a smaller k it also holds image directions of curvature below
+  :math:`\lambda_k`, which this step moves along with the prior's variance;
 * ``"full"``: their sum, a low-rank Laplace step (:func:`~.factor_laplace.lowrank_scale_noise`).
 
-Because the T step variances add up to one Laplace covariance, **one step (T = 1) is exactly a low-rank Laplace
-sample** at the MAP: ``"image"`` gives :class:`~.factor_laplace.FactorLaplace` with ``complement="none"``,
+Because the T step variances add up to one Laplace covariance, **one step (T = 1) is a low-rank Laplace sample** at
+the MAP (exactly, up to the convergence of the Lanczos Ritz pairs): ``"image"`` gives :class:`~.factor_laplace.FactorLaplace` with ``complement="none"``,
 ``"full"`` with ``complement="prior"``. With T > 1 the eigenbasis follows the particle, so the walk bends with the
 set of functionally equivalent parameters instead of leaving it along a fixed tangent; for a linear model (constant
 G) it is the Laplace approximation again. Cost: S·T Lanczos runs of m ≈ 2k GGN-vector products each. The paths are advanced together: a batched GGN-vector
@@ -111,11 +113,15 @@ def laplace_diffusion(model: Callable, values: dict[str, torch.Tensor], x: torch
     chunk_size : int
         Paths advanced together in one batched Lanczos run (memory: chunk_size * m * D numbers).
     seed : int
-        Seed of the step noise (a private generator: the global RNG is not used for it).
+        Seed of the step noise (a private generator: the global RNG is not used for it). The paths of one chunk share
+        the generator, so the draws for a seed depend on ``chunk_size`` too.
     progress : bool
         A tqdm bar over the paths.
     """
     image, kernel = DIFFUSION_VARIANTS[check_choice(variant, "variant", tuple(DIFFUSION_VARIANTS))]
+    likelihood = check_choice(likelihood, "likelihood", ("gaussian", "categorical"))
+    if not (noise_scale > 0 and math.isfinite(noise_scale)):
+        raise ValueError(f"noise_scale must be a finite number > 0, got {noise_scale!r}")
     num_steps = check_positive_int(num_steps, "num_steps")
     num_samples = check_positive_int(num_samples, "num_samples")
     rank = check_positive_int(rank, "rank")
@@ -128,8 +134,9 @@ def laplace_diffusion(model: Callable, values: dict[str, torch.Tensor], x: torch
     if rank >= start.numel():
         raise ValueError(f"rank must be below the number of parameters D = {start.numel()}, got rank={rank}")
     generator = torch.Generator(device=start.device).manual_seed(seed)
-    num_iterations = min(start.numel(), max(2 * rank, rank + 10)) if lanczos_iterations is None else \
+    num_iterations = max(2 * rank, rank + 10) if lanczos_iterations is None else \
         check_positive_int(lanczos_iterations, "lanczos_iterations")
+    num_iterations = min(num_iterations, start.numel())
     if num_iterations < rank:
         raise ValueError(f"lanczos_iterations must be at least rank = {rank}, got {num_iterations}")
     plate_depth = max(1, max_plate_nesting(model, x))
@@ -199,8 +206,9 @@ def batched_lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch
 
     ``matvec`` maps (S, D) to (S, D), row s through operator s; ``start`` (S, D) are the start vectors. Every
     iteration is fully reorthogonalised (twice, classical Gram-Schmidt) against the basis
-    :math:`Q_s \in \mathbb R^{D \times m}`; when a Krylov space is exhausted (:math:`\beta \approx 0`, e.g. a GGN of rank
-    below m) the next vector is a fresh random one orthogonal to the basis, with :math:`\beta = 0`, so the
+    :math:`Q_s \in \mathbb R^{D \times m}`; when a Krylov space is exhausted (:math:`\beta` at most
+    :math:`\sqrt{\epsilon}` times the running estimate of :math:`\|A_s\|`, a test independent of the operator's scale;
+    e.g. a GGN of rank below m) the next vector is a fresh random one orthogonal to the basis, with :math:`\beta = 0`, so the
     tridiagonal :math:`T_s = Q_s^\top A_s Q_s` stays exact. Returns eigenvalues (S, k), descending, and orthonormal
     eigenvectors (S, D, k): :math:`Q_s` times the top eigenvectors of :math:`T_s`.
     """
@@ -212,6 +220,7 @@ def batched_lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch
     diagonal, offdiagonal = start.new_zeros(num, m), start.new_zeros(num, m)
     q = start / start.norm(dim=1, keepdim=True)
     tiny = torch.finfo(start.dtype).eps ** 0.5
+    norm = start.new_zeros(num)
     for j in range(m):
         basis[:, j] = q
         w = matvec(q)
@@ -221,8 +230,9 @@ def batched_lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch
         beta = w.norm(dim=1)
         if j == m - 1:
             break
-        scale = torch.maximum(diagonal[:, : j + 1].abs().amax(1), torch.ones_like(beta))
-        stalled = beta <= tiny * scale
+        norm = torch.maximum(norm, torch.maximum(diagonal[:, j].abs(), beta))  # running estimate of ||A_s||
+        stalled = beta <= tiny * norm
+        stalled = stalled | (norm == 0)
         if stalled.any():
             fresh = torch.randn(int(stalled.sum()), size, dtype=start.dtype, device=start.device, generator=generator)
             for _ in range(2):
@@ -231,7 +241,7 @@ def batched_lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch
             w[stalled] = fresh / fresh.norm(dim=1, keepdim=True)
             beta = torch.where(stalled, torch.zeros_like(beta), beta)
         offdiagonal[:, j] = beta
-        q = torch.where(stalled[:, None], w, w / beta.clamp_min(tiny)[:, None])
+        q = torch.where(stalled[:, None], w, w / torch.where(stalled, torch.ones_like(beta), beta)[:, None])
     tridiagonal = torch.diag_embed(diagonal) + torch.diag_embed(offdiagonal[:, : m - 1], 1) + \
         torch.diag_embed(offdiagonal[:, : m - 1], -1)
     values, vectors = torch.linalg.eigh(tridiagonal)

@@ -8,13 +8,15 @@ network, ranks and factor prior) whose latent sites are fitted to their MAP by P
 posterior is then built around the MAP from the training data (:mod:`..factor_laplace`, :mod:`..laplace_diffusion`,
 :mod:`..fiber_walk`). With validation data the prior precision alpha of the Laplace methods is the grid value with
 the smallest validation NLL of the method's own predictive (diffusion: of its one-step version, which is a low-rank
-Laplace sample). ``training_seconds`` is the MAP fit plus everything the posterior needs (curvature, tuning, paths,
+Laplace sample; for the ``"kernel"`` variant the full low-rank Laplace stands in). ``training_seconds`` is the MAP fit plus everything the posterior needs (curvature, tuning, paths,
 walk and flow); :attr:`posterior_seconds` is the second part alone.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -119,8 +121,13 @@ class FactorLaplaceMethod(FactorMAPMethod):
         self.num_eigenpairs = check_positive_int(num_eigenpairs, "num_eigenpairs")
         self.complement = check_choice(complement, "complement", ("prior", "none"))
         self.prior_precision = float(prior_precision)
-        if not self.prior_precision > 0:
-            raise ValueError(f"prior_precision must be > 0, got {prior_precision!r}")
+        if not (self.prior_precision > 0 and math.isfinite(self.prior_precision)):
+            raise ValueError(f"prior_precision must be a finite number > 0, got {prior_precision!r}")
+        if prior_precision_grid is not None:
+            prior_precision_grid = [float(a) for a in prior_precision_grid]
+            if not prior_precision_grid or not all(a > 0 and math.isfinite(a) for a in prior_precision_grid):
+                raise ValueError("prior_precision_grid must be a non-empty sequence of finite numbers > 0, got "
+                                 f"{prior_precision_grid}")
         self.prior_precision_grid = prior_precision_grid
         self.tune_num_samples = check_positive_int(tune_num_samples, "tune_num_samples")
         self.laplace: FactorLaplace | None = None
@@ -169,7 +176,8 @@ class LaplaceDiffusionMethod(FactorLaplaceMethod):
     """Laplace diffusion from the MAP (:func:`~..laplace_diffusion.laplace_diffusion`).
 
     alpha is tuned as for :class:`FactorLaplaceMethod` on the one-step version of the walk (``"image"``: the
-    low-rank Laplace with ``complement="none"``; ``"full"`` and ``"kernel"``: with ``complement="prior"``), then
+    low-rank Laplace with ``complement="none"``; ``"full"``: with ``complement="prior"``; ``"kernel"``, whose one
+    step is the complement alone, also on the ``complement="prior"`` Laplace, an approximation), then
     ``pool_size`` paths are run once and their endpoints are the posterior draws of every later prediction (more
     paths are run if a prediction asks for more draws).
 
@@ -238,6 +246,17 @@ class FiberWalkMethod(FactorMAPMethod):
                               "step_size": float(step_size), "correction": float(correction),
                               **({} if loss_tolerance is None else {"loss_tolerance": float(loss_tolerance)}),
                               **(walk_options or {})}
+        for name in ("step_size", "correction", "loss_tolerance"):
+            value = self.walk_settings.get(name)
+            if value is not None and not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (float(flow_lr) > 0 and math.isfinite(float(flow_lr))):
+            raise ValueError(f"flow_lr must be a finite number > 0, got {flow_lr!r}")
+        if latent_dim is not None:
+            latent_dim = check_positive_int(latent_dim, "latent_dim")
+        unknown = set(walk_options or {}) - set(inspect.signature(walk_fiber).parameters)
+        if unknown:
+            raise TypeError(f"walk_options has keywords walk_fiber does not take: {sorted(unknown)}")
         self.latent_dim, self.num_flows = latent_dim, check_positive_int(num_flows, "num_flows")
         self.flow_steps, self.flow_lr = check_positive_int(flow_steps, "flow_steps"), float(flow_lr)
         self.walk = None

@@ -159,6 +159,18 @@ def test_errors_name_the_argument(regression):
         laplace.prior_precision = math.nan
     with pytest.raises(ValueError, match="grid"):
         laplace.tune_prior_precision(x, torch.zeros(x.shape[0], dtype=torch.float64), grid=[])
+    with pytest.raises(ValueError, match="grid must hold finite prior precisions > 0, got \\[-1.0\\]"):
+        laplace.tune_prior_precision(x, torch.zeros(x.shape[0], dtype=torch.float64), grid=[1.0, -1.0])
+    assert laplace.prior_precision == 1.0
+
+
+def test_tuning_warns_at_the_grid_edge(regression):
+    model, values, x = regression
+    laplace = FactorLaplace(model, values, x, noise_scale=0.3, structure="full")
+    exact = laplace.ggn.outputs[:, 0]  # targets on the MAP's outputs: the less spread, the better
+    with pytest.warns(RuntimeWarning, match="edge of the grid"):
+        curve = laplace.tune_prior_precision(x, exact, grid=[0.1, 1.0, 10.0], num_samples=8)
+    assert laplace.prior_precision == 10.0 and curve[10.0] < curve[1.0] < curve[0.1]
 
 
 def test_lowrank_scale_noise_weights():
