@@ -13,6 +13,18 @@ def _clean_pyro_state():
     pyro.clear_param_store()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny tensors (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    on a busy 2-core machine more threads only spin-wait against each other or against worker processes."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip tests marked ``cuda`` on machines without a CUDA device (CI is CPU-only)."""
     import torch

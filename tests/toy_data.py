@@ -1,5 +1,6 @@
 """Small synthetic data sets shared by the tests (importable because pytest puts ``tests/`` on ``sys.path``)."""
 
+import pyro
 import torch
 
 CENTRES = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]])
@@ -40,3 +41,11 @@ def keyword_sequences(
     tokens[y == 1, where[y == 1]] = keyword
     tokens[torch.arange(length).expand(n, length) >= lengths[:, None]] = pad
     return tokens, y
+
+
+def latent_site_values(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One prior draw of every latent site of ``model(x)`` (not the data plate, not the observation ``obs``)."""
+    with pyro.poutine.block(), torch.no_grad():
+        trace = pyro.poutine.trace(model).get_trace(x)
+    return {name: site["value"] for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"] and name not in ("data", "obs")}

@@ -10,13 +10,7 @@ from pyro_lowrank.inference import FactorGGN
 from pyro_lowrank.inference.factor_laplace import (FactorLaplace, fit_map, lowrank_scale_noise,
                                                    predictive_log_density)
 from pyro_lowrank.models import LowRankMLP
-
-
-def _latent_values(model, x):
-    with pyro.poutine.block(), torch.no_grad():
-        trace = pyro.poutine.trace(model).get_trace(x)
-    return {name: site["value"] for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"] and name not in ("data", "obs")}
+from toy_data import latent_site_values
 
 
 @pytest.fixture
@@ -24,7 +18,7 @@ def regression():
     torch.manual_seed(0)
     model = LowRankMLP(2, [6], rank=[2], output_rank=1, likelihood="gaussian", noise_scale=0.3).double()
     x = torch.randn(8, 2, dtype=torch.float64)
-    return model, _latent_values(model, x), x
+    return model, latent_site_values(model, x), x
 
 
 @pytest.fixture
@@ -32,7 +26,7 @@ def classification():
     torch.manual_seed(1)
     model = LowRankMLP(3, [5], rank=[2], output_rank=3, likelihood="categorical", num_classes=3).double()
     x = torch.randn(7, 3, dtype=torch.float64)
-    return model, _latent_values(model, x), x
+    return model, latent_site_values(model, x), x
 
 
 def _covariance(laplace):
@@ -196,8 +190,8 @@ def test_fit_map_lowers_the_negative_log_joint():
 
     from pyro_lowrank.guides import factor_initial_values
     start = {k: v for k, v in factor_initial_values(model).items()}
-    start.update({k: v for k, v in _latent_values(model, x).items() if k not in start})
+    start.update({k: v for k, v in latent_site_values(model, x).items() if k not in start})
     values, guide, result = fit_map(model, (x, y), num_epochs=60, batch_size=40, lr=2e-2, progress=False)
-    assert set(values) == set(_latent_values(model, x))
+    assert set(values) == set(latent_site_values(model, x))
     assert neg_log_joint(values) < 0.5 * neg_log_joint({k: v.detach() for k, v in start.items()})
     assert result.epochs_run == 60

@@ -1,19 +1,12 @@
 """The GGN kernel summary and the kernel share of the Laplace posterior variance."""
 
-import pyro
 import pytest
 import torch
 
 from pyro_lowrank.inference import FactorGGN
 from pyro_lowrank.inference.ggn_kernel import ggn_kernel_summary, kernel_variance_share
 from pyro_lowrank.models import LowRankMLP
-
-
-def _latent_values(model, x):
-    with pyro.poutine.block(), torch.no_grad():
-        trace = pyro.poutine.trace(model).get_trace(x)
-    return {name: site["value"] for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"] and name not in ("data", "obs")}
+from toy_data import latent_site_values
 
 
 @pytest.mark.parametrize(("num_data", "likelihood"), [(4, "gaussian"), (40, "gaussian"), (5, "categorical")])
@@ -23,7 +16,7 @@ def test_summary_counts_agree_with_the_dense_ggn(num_data, likelihood):
     model = LowRankMLP(3, [6, 5], rank=[2, 3], output_rank=classes or 1, likelihood=likelihood,
                        num_classes=classes).double()
     x = torch.randn(num_data, 3, dtype=torch.float64)
-    values = _latent_values(model, x)
+    values = latent_site_values(model, x)
     summary = ggn_kernel_summary(model, values, x, likelihood=likelihood)
     dense = FactorGGN(model, values, x, likelihood=likelihood).dense()
     spectrum = torch.linalg.eigvalsh(dense).flip(0)

@@ -1,6 +1,5 @@
 """Laplace diffusion: batched GGN products and Lanczos, the one-step moment test, the kernel variant, errors."""
 
-import pyro
 import pytest
 import torch
 
@@ -8,13 +7,7 @@ from pyro_lowrank.inference import FactorGGN, SiteLayout
 from pyro_lowrank.inference.factor_laplace import FactorLaplace
 from pyro_lowrank.inference.laplace_diffusion import batched_ggn_matvec, batched_lanczos, laplace_diffusion
 from pyro_lowrank.models import LowRankMLP
-
-
-def _latent_values(model, x):
-    with pyro.poutine.block(), torch.no_grad():
-        trace = pyro.poutine.trace(model).get_trace(x)
-    return {name: site["value"] for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"] and name not in ("data", "obs")}
+from toy_data import latent_site_values
 
 
 @pytest.fixture
@@ -22,7 +15,7 @@ def regression():
     torch.manual_seed(0)
     model = LowRankMLP(2, [6], rank=[2], output_rank=1, likelihood="gaussian", noise_scale=0.3).double()
     x = torch.randn(12, 2, dtype=torch.float64)
-    return model, _latent_values(model, x), x
+    return model, latent_site_values(model, x), x
 
 
 @pytest.mark.parametrize("likelihood", ["gaussian", "categorical"])
@@ -32,7 +25,7 @@ def test_batched_products_equal_each_points_dense_ggn(likelihood):
     model = LowRankMLP(3, [5], rank=[2], output_rank=classes or 1, likelihood=likelihood, num_classes=classes,
                        noise_scale=0.5).double()
     x = torch.randn(6, 3, dtype=torch.float64)
-    values = _latent_values(model, x)
+    values = latent_site_values(model, x)
     layout = SiteLayout(values)
     theta = layout.flatten(values) + 0.3 * torch.randn(3, layout.num_parameters, dtype=torch.float64)
     matvec = batched_ggn_matvec(model, layout, theta, x, likelihood=likelihood, noise_scale=0.5)
@@ -79,7 +72,7 @@ def test_one_step_equals_a_lowrank_laplace_sample_in_distribution(variant, compl
     torch.manual_seed(0)
     model = LowRankMLP(2, [10], rank=[2], output_rank=1, likelihood="gaussian", noise_scale=0.3).double()
     x = torch.randn(40, 2, dtype=torch.float64)
-    values = _latent_values(model, x)
+    values = latent_site_values(model, x)
     spectrum = torch.linalg.eigvalsh(FactorGGN(model, values, x, noise_scale=0.3).dense())
     assert int((spectrum > 1e-9 * spectrum.max()).sum()) > 14
     k, alpha, num = 4, 2.0, 4000
