@@ -56,12 +56,14 @@ from .factor_ggn import FactorGGN, SiteLayout, model_outputs, top_eigenpairs
 from .fit import FitResult, fit
 from .predict import max_plate_nesting
 
-__all__ = ["FactorLaplace", "STRUCTURES", "fit_map", "lowrank_scale_noise", "predictive_log_density"]
+__all__ = ["DEFAULT_NOISE_GRID", "FactorLaplace", "STRUCTURES", "fit_map", "lowrank_scale_noise", "predictive_log_density"]
 
 logger = logging.getLogger(__name__)
 
 STRUCTURES = ("lowrank", "diag", "full")
 DEFAULT_PRIOR_PRECISION_GRID = torch.logspace(-2, 6, 25, dtype=torch.float64)
+#: Observation noise scales searched jointly with alpha (Gaussian likelihood; the standardised scale).
+DEFAULT_NOISE_GRID = torch.logspace(-3, 1, 81, dtype=torch.float64)
 
 
 def fit_map(model: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor], *,
@@ -158,6 +160,7 @@ class FactorLaplace:
         self.layout = SiteLayout(values)
         self.mean = self.layout.flatten({k: v.detach() for k, v in values.items()})
         self.prior_precision = prior_precision
+        self.tuned_noise_scale = self.noise_scale
         self.plate_depth = max(1, max_plate_nesting(model, x))
         size = self.layout.num_parameters
         start = time.perf_counter()
@@ -253,11 +256,17 @@ class FactorLaplace:
         return self.outputs(x, parameters, linearised=linearised).detach()
 
     def tune_prior_precision(self, x: torch.Tensor, y: torch.Tensor, *, grid: Sequence[float] | None = None,
-                             num_samples: int = 32, linearised: bool = False, seed: int = 0) -> dict[float, float]:
+                             num_samples: int = 32, linearised: bool = False, seed: int = 0,
+                             noise_grid: Sequence[float] | None = None) -> dict[float, float]:
         r"""Set alpha to the grid value with the smallest validation NLL of the mixture predictive (sampled or
         linearised; the same S standard-normal draws for every alpha, so the curve is smooth). The default grid is
         :math:`10^{-2} \dots 10^{6}`, three values per decade; a ``RuntimeWarning`` says when the best value is at
         its edge. Returns ``{alpha: NLL per datum}``; alpha is left unchanged when the search fails.
+
+        With ``noise_grid`` (Gaussian likelihood only) the observation noise is tuned jointly: the NLL at each alpha
+        is the smallest over the noise values, and the noise of the best pair is kept in :attr:`tuned_noise_scale`
+        (the sampler itself does not use the noise). Without it, a training noise larger than the MAP's residuals
+        already over-disperses the predictive and pushes alpha to the top of the grid.
 
         Raises ``ValueError`` for an empty grid or a value that is not finite and > 0, and ``FloatingPointError``
         when every grid value gives a non-finite NLL."""
@@ -270,15 +279,24 @@ class FactorLaplace:
         generator = torch.Generator(device=self.mean.device).manual_seed(seed)
         eps = torch.randn(check_positive_int(num_samples, "num_samples"), self.mean.numel(), dtype=self.mean.dtype,
                           device=self.mean.device, generator=generator)
-        before, curve = self.prior_precision, {}
+        noises = [self.noise_scale]
+        if noise_grid is not None:
+            if self.likelihood != "gaussian":
+                raise ValueError(f"noise_grid is for the Gaussian likelihood, got likelihood={self.likelihood!r}")
+            noises = [float(v) for v in noise_grid]
+            if not noises or not all(v > 0 and math.isfinite(v) for v in noises):
+                raise ValueError(f"noise_grid must hold finite noise scales > 0, got {noises}")
+        before, curve, best_noise = self.prior_precision, {}, {}
         try:
             for alpha in grid:
                 self.prior_precision = alpha
                 with torch.no_grad():
                     parameters = self.mean + self.scale_noise(eps)
                 f = self.outputs(x, parameters, linearised=linearised).detach()
-                nll = -float(predictive_log_density(f, y, self.likelihood, self.noise_scale).mean())
-                curve[alpha] = nll if math.isfinite(nll) else math.inf
+                nlls = [-float(predictive_log_density(f, y, self.likelihood, noise).mean()) for noise in noises]
+                nlls = [v if math.isfinite(v) else math.inf for v in nlls]
+                index = min(range(len(noises)), key=nlls.__getitem__)
+                curve[alpha], best_noise[alpha] = nlls[index], noises[index]
         finally:
             self.prior_precision = before
         best = min(curve, key=curve.get)
@@ -287,7 +305,7 @@ class FactorLaplace:
         if len(grid) > 1 and best in (min(grid), max(grid)):
             warnings.warn(f"the tuned prior precision {best:.3g} is at the edge of the grid [{min(grid):.3g}, "
                           f"{max(grid):.3g}]; widen the grid", RuntimeWarning, stacklevel=2)
-        self.prior_precision = best
-        logger.info("prior precision %.3g (validation NLL %.4f)", best, curve[best])
+        self.prior_precision, self.tuned_noise_scale = best, best_noise[best]
+        logger.info("prior precision %.3g, noise %.3g (validation NLL %.4f)", best, best_noise[best], curve[best])
         return curve
 

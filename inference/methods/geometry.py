@@ -30,7 +30,7 @@ from pyro_lowrank._validation import check_choice, check_positive_int
 from pyro_lowrank.guides import init_to_factors
 
 from ..factor_ggn import SiteLayout, model_outputs
-from ..factor_laplace import STRUCTURES, FactorLaplace
+from ..factor_laplace import DEFAULT_NOISE_GRID, STRUCTURES, FactorLaplace
 from ..fiber_walk import FiberFlow, walk_fiber
 from ..laplace_diffusion import DIFFUSION_VARIANTS, laplace_diffusion
 from ..predict import max_plate_nesting
@@ -109,14 +109,20 @@ class FactorLaplaceMethod(FactorMAPMethod):
         Tuning grid (default 1e-2 .. 1e4, three per decade).
     tune_num_samples : int
         Draws per grid value.
+    tune_noise : bool
+        Gaussian likelihood: tune the observation noise jointly with alpha (over
+        :data:`~..factor_laplace.DEFAULT_NOISE_GRID`) instead of scoring every alpha at the fixed training
+        ``noise_scale``. The draws keep ``noise_scale``; the experiments re-tune the predictive noise on validation
+        data for every method alike.
     """
 
     linearised = False
 
     def __init__(self, *args: Any, structure: str = "lowrank", num_eigenpairs: int = 20, complement: str = "prior",
                  prior_precision: float = 1.0, prior_precision_grid: Sequence[float] | None = None,
-                 tune_num_samples: int = 32, **kwargs: Any) -> None:
+                 tune_num_samples: int = 32, tune_noise: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.tune_noise = bool(tune_noise)
         self.structure = check_choice(structure, "structure", STRUCTURES)
         self.num_eigenpairs = check_positive_int(num_eigenpairs, "num_eigenpairs")
         self.complement = check_choice(complement, "complement", ("prior", "none"))
@@ -146,7 +152,8 @@ class FactorLaplaceMethod(FactorMAPMethod):
         if val is not None:
             self.prior_precision_curve = laplace.tune_prior_precision(
                 val[0], val[1], grid=self.prior_precision_grid, num_samples=self.tune_num_samples,
-                linearised=linearised, seed=self.seed)
+                linearised=linearised, seed=self.seed,
+                noise_grid=DEFAULT_NOISE_GRID.tolist() if self.tune_noise and self.likelihood == "gaussian" else None)
             logger.info("%s: prior precision %.3g", self.name, laplace.prior_precision)
 
     def fit_posterior(self, train: Data, val: Data | None) -> None:

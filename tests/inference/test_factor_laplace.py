@@ -195,3 +195,19 @@ def test_fit_map_lowers_the_negative_log_joint():
     assert set(values) == set(latent_site_values(model, x))
     assert neg_log_joint(values) < 0.5 * neg_log_joint({k: v.detach() for k, v in start.items()})
     assert result.epochs_run == 60
+
+
+def test_joint_noise_tuning_finds_the_residual_scale(regression):
+    model, values, x = regression
+    laplace = FactorLaplace(model, values, x, noise_scale=1.0, structure="full")
+    y = laplace.ggn.outputs[:, 0] + 0.05 * torch.randn(x.shape[0], generator=torch.Generator().manual_seed(0),
+                                                        dtype=torch.float64)
+    noise_grid = torch.logspace(-3, 1, 41).tolist()
+    joint = laplace.tune_prior_precision(x, y, grid=[1.0, 1e4], noise_grid=noise_grid, num_samples=8)
+    fixed = laplace.tune_prior_precision(x, y, grid=[1.0, 1e4], num_samples=8)
+    assert all(joint[a] < fixed[a] for a in joint)  # a fitted noise beats the unit training noise at every alpha
+    assert laplace.tuned_noise_scale == 1.0  # without a grid the noise is the fixed training noise
+    laplace.tune_prior_precision(x, y, grid=[1.0, 1e4], noise_grid=noise_grid, num_samples=8)
+    assert 0.01 < laplace.tuned_noise_scale < 0.2
+    with pytest.raises(ValueError, match="noise_grid must hold finite noise scales > 0"):
+        laplace.tune_prior_precision(x, y, noise_grid=[0.0])
