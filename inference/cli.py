@@ -122,6 +122,30 @@ def build_parser() -> argparse.ArgumentParser:
     ranksel.add_argument("--out", default="rank-selection-out", help="output folder (default: rank-selection-out)")
     ranksel.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     _add_run_options(ranksel)
+    weight = sub.add_parser(
+        "weight-space", help="weight-space posteriors around the MAP (sampled and linearised factor Laplace, Laplace "
+                             "diffusion, fiber walking) against the low-rank VI posterior on a 1-D regression with a "
+                             "gap and UCI datasets, the GGN kernel study and sampled-vs-linearised Laplace "
+                             "under-fitting; writes results.json, results.md and figures")
+    weight.add_argument("--smoke", action="store_true",
+                        help="tiny run: 1 split of the 1-D task and yacht, 2 UCI / 8 1-D epochs, 8 draws, cheap "
+                             "geometry settings (explicit options still win)")
+    weight.add_argument("--methods", default=None,
+                        help="comma-separated method names (default: laplace_factor, laplace_factor_glm, "
+                             "laplace_diffusion, fiber_walk, lowrank)")
+    weight.add_argument("--datasets", default=None,
+                        help="comma-separated UCI datasets (default: yacht,energy); 'none' runs the 1-D task alone")
+    weight.add_argument("--splits", type=int, default=None,
+                        help="the first K splits of every task (default 3; the 1-D task's split k is data seed k)")
+    weight.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0)")
+    weight.add_argument("--epochs", type=int, default=None, help="UCI training epochs (default: the published 40)")
+    weight.add_argument("--toy-epochs", type=int, default=None, help="1-D task training epochs (default 500)")
+    weight.add_argument("--num-samples", type=int, default=None, help="predictive draws per evaluation (default 100)")
+    weight.add_argument("--study-samples", type=int, default=None,
+                        help="Laplace draws of the under-fitting study (default 100)")
+    weight.add_argument("--out", default="weight-space-out", help="output folder (default: weight-space-out)")
+    weight.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    _add_run_options(weight, root=True)
     return parser
 
 
@@ -300,6 +324,42 @@ def main(argv: list[str] | None = None) -> int:
         paths = write_rank_selection_report(result, args.out, command=command, device=args.device)
         print(format_ranks(result))
         print(f"wrote {', '.join(str(p) for p in paths.values())} ({result['metadata']['wall_seconds']:.1f} s)")
+    elif args.command == "weight-space":
+        import shlex
+
+        import torch
+
+        from .experiments.weight_space import format_markdown as format_weight_space, run_weight_space, \
+            weight_space_settings, write_weight_space_report
+
+        _check_device(parser, args.device)
+        for option in ("splits", "epochs", "toy_epochs", "num_samples", "study_samples", "threads"):
+            value = getattr(args, option)
+            if value is not None and value < 1:
+                parser.error(f"--{option.replace('_', '-')} must be >= 1, got {value}")
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        datasets = [] if args.datasets is not None and args.datasets.strip().lower() == "none" else args.datasets
+        options = {"splits": args.splits, "seeds": args.seeds, "num_samples": args.num_samples,
+                   "num_epochs": args.epochs, "smoke": args.smoke, "toy_epochs": args.toy_epochs,
+                   "study_num_samples": args.study_samples}
+        try:
+            weight_space_settings(datasets, args.methods, **options)  # every option checked before anything runs
+        except ValueError as err:
+            parser.error(str(err))
+        os.makedirs(args.out, exist_ok=True)
+        journal = os.path.join(args.out, "rows.jsonl")  # every finished run, written as it finishes
+        if os.path.exists(journal):
+            os.replace(journal, journal + ".previous")
+        result = run_weight_space(datasets, args.methods, root=args.root, device=args.device,
+                                  progress=not args.quiet, journal=journal, **options)
+        command = "pyro-lowrank " + shlex.join(sys.argv[1:] if argv is None else argv)
+        paths = write_weight_space_report(result, args.out, command=command, device=args.device)
+        print(format_weight_space(result))
+        print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.metadata['wall_seconds']:.1f} s)")
+        if result.table.failures:
+            print(f"{len(result.table.failures)} run(s) failed; see {paths['json']}", file=sys.stderr)
+            return 1
     elif args.command == "experiment":
         import shlex
         import time
