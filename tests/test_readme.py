@@ -111,3 +111,20 @@ def test_rank_selection_snippet_prunes_to_the_true_rank():
     assert namespace["model"].layer.rank == 3 == namespace["result"].effective_ranks[-1]["layer.A"]
     printed = re.search(r"# 3 \[(.*), \.\.\.\]", code).group(1)  # the comment shows what the snippet prints
     assert ranks[9::10][: printed.count(",") + 1] == [int(v) for v in printed.split(", ")]
+
+
+def test_weight_space_snippet_measures_the_kernel_it_describes():
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    code = next(b for b in blocks if "FactorLaplace" in b)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    kernel = namespace["kernel"]
+    text = README[README.index("## Weight-space geometry"):README.index("## The pieces")]
+    stated = re.search(r"D = (\d+) factor and bias entries, (\d+) training outputs give the GGN rank (\d+): the kernel "
+                       r"has\s+(\d+) dimensions, more than D − N·O = (\d+)\. It includes the (\d+) gauge", text)
+    d, outputs, rank, kernel_dim, bound, gauge = (int(v) for v in stated.groups())
+    assert (kernel.num_parameters, kernel.num_outputs, kernel.ggn_rank) == (d, outputs, rank)
+    assert (kernel.kernel_dim, kernel.dimension_bound, kernel.gauge_dim) == (kernel_dim, bound, gauge)
+    assert kernel.gauge_ratio < 1e-12
+    assert namespace["sampled"].shape == namespace["linear"].shape == (100, 100)
+    assert namespace["paths"].samples.shape == (20, d)
