@@ -148,6 +148,9 @@ class FactorLaplace:
         ``"diag"``: diag(G).
     curvature_seconds : float
         Wall time of the curvature computation.
+    tuned_noise_scale : float
+        The Gaussian noise chosen with alpha by :meth:`tune_prior_precision` (``noise_scale`` until then, or when
+        no ``noise_grid`` is given); ``noise_curve`` maps every alpha of the last search to its best noise.
     """
 
     def __init__(self, model: Callable, values: dict[str, torch.Tensor], x: torch.Tensor, *,
@@ -161,6 +164,7 @@ class FactorLaplace:
         self.mean = self.layout.flatten({k: v.detach() for k, v in values.items()})
         self.prior_precision = prior_precision
         self.tuned_noise_scale = self.noise_scale
+        self.noise_curve: dict[float, float] = {}
         self.plate_depth = max(1, max_plate_nesting(model, x))
         size = self.layout.num_parameters
         start = time.perf_counter()
@@ -302,6 +306,11 @@ class FactorLaplace:
         best = min(curve, key=curve.get)
         if not math.isfinite(curve[best]):
             raise FloatingPointError(f"the validation NLL is non-finite for every prior precision of the grid {grid}")
+        self.noise_curve = best_noise
+        if len(noises) > 1 and best_noise[best] in (min(noises), max(noises)):
+            warnings.warn(f"the tuned noise scale {best_noise[best]:.3g} is at the edge of noise_grid "
+                          f"[{min(noises):.3g}, {max(noises):.3g}]; widen it (are the targets standardised?)",
+                          RuntimeWarning, stacklevel=2)
         if len(grid) > 1 and best in (min(grid), max(grid)):
             warnings.warn(f"the tuned prior precision {best:.3g} is at the edge of the grid [{min(grid):.3g}, "
                           f"{max(grid):.3g}]; widen the grid", RuntimeWarning, stacklevel=2)

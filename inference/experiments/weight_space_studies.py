@@ -108,8 +108,7 @@ def _layer_sites(model: torch.nn.Module) -> list[tuple[str, str, str | None]]:
         if sites is None:
             continue
         a_site, b_site = sites()["weight"]
-        prefix = a_site.rsplit(".", 1)[0]
-        layers.append((a_site, b_site, f"{prefix}.bias"))
+        layers.append((a_site, b_site, module.site_name("bias") if hasattr(module, "site_name") else None))
     return layers
 
 
@@ -120,19 +119,24 @@ def symmetry_tangents(model: torch.nn.Module, values: dict[str, torch.Tensor]) -
       :math:`E_{ij}` (r² per layer, :func:`~..factor_ggn.gauge_tangent`);
     * ``"rescaling"``: for every hidden unit j of layer l, the tangent of
       :math:`(A_l[j] \mapsto c A_l[j],\ b_l[j] \mapsto c\, b_l[j],\ B_{l+1}[j] \mapsto B_{l+1}[j] / c)` at c = 1, which
-      leaves the network unchanged because ReLU is positively homogeneous.
+      leaves the network unchanged because ReLU is positively homogeneous (an empty list for any other activation,
+      which has no such symmetry).
     """
     layout = SiteLayout(values)
     layers = _layer_sites(model)
+    if len(layers) != len(getattr(model, "layers", [])):
+        raise ValueError("symmetry_tangents needs a network whose layers are all factorised (consecutive pairs), got "
+                         f"{len(layers)} factorised of {len(getattr(model, 'layers', []))} layers")
+    relu = isinstance(getattr(model, "activation", None), torch.nn.ReLU)
     gauge, rescaling = [], []
     for a_site, b_site, _ in layers:
         r = values[a_site].shape[-1]
         for i in range(r):
             for j in range(r):
-                unit = torch.zeros(r, r, dtype=values[a_site].dtype)
+                unit = torch.zeros(r, r, dtype=values[a_site].dtype, device=values[a_site].device)
                 unit[i, j] = 1.0
                 gauge.append(layout.flatten(gauge_tangent(values, a_site, b_site, unit)))
-    for (a_site, _, bias_site), (_, next_b, _) in zip(layers[:-1], layers[1:]):
+    for (a_site, _, bias_site), (_, next_b, _) in zip(layers[:-1], layers[1:]) if relu else ():
         for j in range(values[a_site].shape[0]):
             tangent = {name: torch.zeros_like(value) for name, value in values.items()}
             tangent[a_site][j] = values[a_site][j]
@@ -141,6 +145,15 @@ def symmetry_tangents(model: torch.nn.Module, values: dict[str, torch.Tensor]) -
             tangent[next_b][j] = -values[next_b][j]
             rescaling.append(layout.flatten(tangent))
     return {"gauge": gauge, "rescaling": rescaling}
+
+
+def _check_prior_precisions(prior_precisions: Sequence[float]) -> list[float]:
+    """A non-empty, strictly increasing list of finite alphas > 0, or a ``ValueError`` naming the argument."""
+    alphas = [float(a) for a in prior_precisions]
+    if not alphas or not all(a > 0 and math.isfinite(a) for a in alphas) or any(
+            b <= a for a, b in zip(alphas, alphas[1:])):
+        raise ValueError(f"prior_precisions must be a non-empty increasing sequence of finite numbers > 0, got {alphas}")
+    return alphas
 
 
 def kernel_study(method: FactorMAPMethod, task: TaskData, prior_precisions: Sequence[float], *, seed: int = 0
@@ -155,6 +168,7 @@ def kernel_study(method: FactorMAPMethod, task: TaskData, prior_precisions: Sequ
     large-alpha limit of the share), the top and smallest nonzero GGN eigenvalues, and ``prior_precisions`` with
     ``kernel_share`` (:func:`~..ggn_kernel.kernel_variance_share`).
     """
+    prior_precisions = _check_prior_precisions(prior_precisions)
     model, values = _float64(method)
     x = task.train[0].detach().to(device="cpu", dtype=torch.float64)
     summary = ggn_kernel_summary(model, values, x, likelihood="gaussian", noise_scale=method.noise_scale, seed=seed)
@@ -199,9 +213,11 @@ def table_prior_precisions(method: FactorMAPMethod, task: TaskData, *, seed: int
     x_train = task.train[0].to(x_val.device)
     size = SiteLayout(method.map_values).num_parameters
     out = {}
-    for name, linearised, complement in (("laplace_factor", False, None), ("laplace_factor_glm", True, None),
-                                         ("laplace_diffusion", False, "none")):
+    for name, linearised in (("laplace_factor", False), ("laplace_factor_glm", True), ("laplace_diffusion", False)):
         config = {**WEIGHT_SPACE_SETTINGS[name], **(SMOKE_SETTINGS.get(name, {}) if smoke else {})}
+        complement = None
+        if name == "laplace_diffusion":  # as LaplaceDiffusionMethod.fit_posterior derives it from the variant
+            complement = "none" if config.get("variant", "image") == "image" else "prior"
         laplace = FactorLaplace(method.model, method.map_values, x_train, likelihood="gaussian",
                                 noise_scale=method.noise_scale, structure=config.get("structure", "lowrank"),
                                 rank=min(config["num_eigenpairs"], size - 1),
@@ -251,6 +267,11 @@ def underfitting_study(method: FactorMAPMethod, task: TaskData, prior_precisions
         ``num_samples``, ``noise`` (how the noise was set) and ``curvature_seconds``.
     """
     num_samples = check_positive_int(num_samples, "num_samples")
+    alphas = _check_prior_precisions(prior_precisions)
+    if not (fit_tolerance > 0 and math.isfinite(fit_tolerance)):
+        raise ValueError(f"fit_tolerance must be a finite number > 0, got {fit_tolerance!r}")
+    if task.val is None:
+        raise ValueError(f"task {task.name!r} needs validation data for the under-fitting study, got val=None")
     model, values = _float64(method)
     as64 = lambda t: t.detach().to(device="cpu", dtype=torch.float64)  # noqa: E731
     x_train = as64(task.train[0])
@@ -261,7 +282,6 @@ def underfitting_study(method: FactorMAPMethod, task: TaskData, prior_precisions
     eps = torch.randn(num_samples, laplace.mean.numel(), generator=generator, dtype=torch.float64)
     x_both = torch.cat([x_val, x_test])
     n_val = x_val.shape[0]
-    alphas = [float(a) for a in prior_precisions]
     noise_grid = DEFAULT_NOISE_GRID.tolist()
 
     with torch.no_grad():

@@ -8,7 +8,8 @@ network, ranks and factor prior) whose latent sites are fitted to their MAP by P
 posterior is then built around the MAP from the training data (:mod:`..factor_laplace`, :mod:`..laplace_diffusion`,
 :mod:`..fiber_walk`). With validation data the prior precision alpha of the Laplace methods is the grid value with
 the smallest validation NLL of the method's own predictive (diffusion: of its one-step version, which is a low-rank
-Laplace sample; for the ``"kernel"`` variant the full low-rank Laplace stands in). ``training_seconds`` is the MAP fit plus everything the posterior needs (curvature, tuning, paths,
+Laplace sample; for the ``"kernel"`` variant the full low-rank Laplace stands in), with the Gaussian observation noise
+tuned jointly (``tune_noise=True``); the draws carry that noise. ``training_seconds`` is the MAP fit plus everything the posterior needs (curvature, tuning, paths,
 walk and flow); :attr:`posterior_seconds` is the second part alone.
 """
 
@@ -34,7 +35,7 @@ from ..factor_laplace import DEFAULT_NOISE_GRID, STRUCTURES, FactorLaplace
 from ..fiber_walk import FiberFlow, walk_fiber
 from ..laplace_diffusion import DIFFUSION_VARIANTS, laplace_diffusion
 from ..predict import max_plate_nesting
-from .base import Data
+from .base import Data, outputs_to_draws
 from .lowrank import LowRankBNN
 from .registry import register_method
 
@@ -106,14 +107,16 @@ class FactorLaplaceMethod(FactorMAPMethod):
     prior_precision : float
         alpha without validation data (and the start value).
     prior_precision_grid : sequence of float, optional
-        Tuning grid (default 1e-2 .. 1e4, three per decade).
+        Tuning grid (default :data:`~..factor_laplace.DEFAULT_PRIOR_PRECISION_GRID`, 1e-2 .. 1e6, three per decade).
     tune_num_samples : int
         Draws per grid value.
     tune_noise : bool
         Gaussian likelihood: tune the observation noise jointly with alpha (over
         :data:`~..factor_laplace.DEFAULT_NOISE_GRID`) instead of scoring every alpha at the fixed training
-        ``noise_scale``. The draws keep ``noise_scale``; the experiments re-tune the predictive noise on validation
-        data for every method alike.
+        ``noise_scale``; the predictive draws then carry the tuned noise (the experiments re-tune the predictive noise
+        on validation data for every method alike). The GGN itself is computed at the training noise; a Laplace
+        approximation at the tuned noise sigma* would scale G by (sigma / sigma*)², which the alpha search absorbs
+        only in part.
     """
 
     linearised = False
@@ -159,6 +162,10 @@ class FactorLaplaceMethod(FactorMAPMethod):
     def fit_posterior(self, train: Data, val: Data | None) -> None:
         self.laplace = self.make_laplace(train[0])
         self.tune(self.laplace, val, linearised=self.linearised)
+
+    def _draws(self, f: torch.Tensor) -> dict[str, torch.Tensor]:
+        # the predictive alpha was tuned for: the jointly tuned noise (the training noise without tuning)
+        return outputs_to_draws(f, self.likelihood, self.laplace.tuned_noise_scale)
 
     def _predictive_draws(self, x: torch.Tensor, num_samples: int) -> dict[str, torch.Tensor]:
         return self._draws(self.laplace.predictive_outputs(x, num_samples, linearised=self.linearised))

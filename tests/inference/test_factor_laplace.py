@@ -211,3 +211,13 @@ def test_joint_noise_tuning_finds_the_residual_scale(regression):
     assert 0.01 < laplace.tuned_noise_scale < 0.2
     with pytest.raises(ValueError, match="noise_grid must hold finite noise scales > 0"):
         laplace.tune_prior_precision(x, y, noise_grid=[0.0])
+
+
+def test_joint_noise_at_the_grid_edge_warns(regression):
+    model, values, x = regression
+    laplace = FactorLaplace(model, values, x, noise_scale=1.0, structure="full")
+    unstandardised = laplace.ggn.outputs[:, 0] + 100.0 * torch.randn(x.shape[0], dtype=torch.float64,
+                                                                       generator=torch.Generator().manual_seed(1))
+    with pytest.warns(RuntimeWarning, match="edge of noise_grid"):
+        laplace.tune_prior_precision(x, unstandardised, grid=[1.0], noise_grid=[0.01, 0.1, 1.0], num_samples=4)
+    assert laplace.tuned_noise_scale == 1.0 and laplace.noise_curve == {1.0: 1.0}

@@ -91,17 +91,16 @@ def test_smoke_studies_are_finite_and_consistent(smoke):
     document, _ = smoke
     for task, kernel in document["kernel_study"].items():
         assert kernel["kernel_dim"] + kernel["ggn_rank"] == kernel["num_parameters"]
-        assert kernel["kernel_dim"] >= kernel["kernel_lower_bound"] >= kernel["dimension_bound"]
+        assert kernel["kernel_dim"] >= kernel["kernel_lower_bound"]
         assert kernel["gauge_ratio"] < 1e-6 and kernel["rescaling_ratio"] < 1e-6
         shares = kernel["kernel_share"]
         assert all(a >= b for a, b in zip(shares, shares[1:])) and 0.0 < shares[-1] <= shares[0] <= 1.0
     for task, study in document["underfitting"].items():
         assert len(study["sampled"]["rmse"]) == len(study["prior_precisions"]) == len(study["linearised"]["nll"])
         for kind in ("sampled", "linearised"):
-            assert study[kind]["alpha_selected"] in study["prior_precisions"]
-            assert study[kind]["alpha_selected_train_noise"] in study["prior_precisions"]
-            assert min(DEFAULT_NOISE_GRID.tolist()) <= min(study[kind]["noise_joint"])
-            assert all(v is not None for v in study[kind]["rmse"])
+            assert all(v is not None and math.isfinite(v) for v in study[kind]["rmse"])
+            # the joint search includes the training noise's neighbourhood: it never scores worse than 0.1 alone
+            assert all(j <= t + 0.05 for j, t in zip(study[kind]["val_nll_joint"], study[kind]["val_nll_train_noise"]))
 
 
 def test_toy_task_is_seeded_has_its_gap_and_standardised_targets():
@@ -160,7 +159,7 @@ def test_kernel_study_guarantees(small_map):
     for a_site, b_site in (("layers.0.A", "layers.0.B"), ("layers.1.A", "layers.1.B")):  # X -> (AX, -BX^T) injective
         assert torch.linalg.matrix_rank(values[a_site]) == values[a_site].shape[1]
     assert study["gauge_dim"] == 2 and study["rescaling_dim"] == 50
-    assert study["gauge_dim"] <= study["symmetry_rank"] <= study["gauge_dim"] + study["rescaling_dim"]
+    assert study["symmetry_rank"] == study["gauge_dim"] + study["rescaling_dim"]  # independent directions here
     assert study["kernel_dim"] >= study["symmetry_rank"]
     shares = study["kernel_share"]
     assert all(a >= b - 1e-15 for a, b in zip(shares, shares[1:]))
@@ -182,9 +181,13 @@ def test_symmetry_tangents_leave_the_network_unchanged(small_map):
     tangents = symmetry_tangents(model, values)
     assert len(tangents["gauge"]) == 2 and len(tangents["rescaling"]) == 50
     theta = layout.flatten(values)
-    for t in tangents["gauge"][:1] + tangents["rescaling"][:3]:
-        moved = model_outputs(model, layout.unflatten(theta + 1e-4 * t), x)  # second order only
-        assert float((moved - base).abs().max()) < 1e-6
+    generator = torch.Generator().manual_seed(0)
+    for t in tangents["gauge"] + tangents["rescaling"]:
+        step = 1e-4 * t
+        moved = model_outputs(model, layout.unflatten(theta + step), x)  # second order only
+        random = torch.randn(t.shape, generator=generator, dtype=torch.float64)
+        control = model_outputs(model, layout.unflatten(theta + random * step.norm() / random.norm()), x)
+        assert float((moved - base).abs().max()) < 1e-3 * float((control - base).abs().max()) + 1e-12
 
 
 def test_underfitting_study_agrees_with_the_map_at_large_alpha(small_map):
@@ -196,8 +199,7 @@ def test_underfitting_study_agrees_with_the_map_at_large_alpha(small_map):
         curve = study[kind]
         assert len(curve["rmse"]) == 3 and all(math.isfinite(v) for v in curve["rmse"] + curve["nll"])
         assert curve["rmse"][-1] == pytest.approx(rmse_map, rel=1e-3)
-        assert curve["alpha_selected"] in alphas and curve["alpha_fit"] is not None
-        assert curve["nll_at_selected"] == curve["nll"][alphas.index(curve["alpha_selected"])]
+        assert curve["alpha_fit"] is not None
     # the same draws for both predictives: at a tiny posterior scale the sampled network is its own linearisation
     assert study["sampled"]["nll"][-1] == pytest.approx(study["linearised"]["nll"][-1], rel=1e-4)
     # alpha_selected is the methods' rule: tune_prior_precision with the noise tuned jointly, on these draws
