@@ -122,17 +122,23 @@ class FactorGGN:
         Which output Hessian :math:`\\Lambda_n`.
     noise_scale : float
         sigma of the Gaussian likelihood.
+    batch_size : int, optional
+        :meth:`matvec` sums :math:`J_b^\top \Lambda_b J_b v` over data chunks of this size (G is a sum over the
+        data), so its memory is that of one chunk; ``None`` takes all N inputs in one pass.
     """
 
     def __init__(self, model: Callable, values: dict[str, torch.Tensor], x: torch.Tensor, *,
-                 likelihood: str = "gaussian", noise_scale: float = 1.0) -> None:
+                 likelihood: str = "gaussian", noise_scale: float = 1.0, batch_size: int | None = None) -> None:
         if likelihood not in ("gaussian", "categorical"):
             raise ValueError(f"likelihood must be 'gaussian' or 'categorical', got {likelihood!r}")
         if not (noise_scale > 0 and math.isfinite(noise_scale)):
             raise ValueError(f"noise_scale must be a finite number > 0, got {noise_scale!r}")
         if not values:
             raise ValueError("values must name at least one latent site, got an empty dict")
-        self.model, self.x = model, x
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        self.model, self.x, self.batch_size = model, x, batch_size
         self.likelihood, self.noise_scale = likelihood, float(noise_scale)
         self.names = list(values)
         self.point = tuple(values[name].detach() for name in self.names)
@@ -147,10 +153,12 @@ class FactorGGN:
         """D, the length of the flattened parameter vector."""
         return sum(self.sizes)
 
-    def network(self, *tensors: torch.Tensor) -> torch.Tensor:
-        """The outputs ``(N, O)`` at the site values ``tensors`` (in the order of ``names``)."""
+    def network(self, *tensors: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """The outputs ``(N, O)`` at the site values ``tensors`` (in the order of ``names``); ``rows`` selects a
+        chunk of the inputs."""
+        inputs = self.x if rows is None else self.x[rows]
         with torch.enable_grad():  # the layers' gradient-free fast path cannot see function-transform tensors
-            f = model_outputs(self.model, dict(zip(self.names, tensors)), self.x)
+            f = model_outputs(self.model, dict(zip(self.names, tensors)), inputs)
         return f.unsqueeze(-1) if self.likelihood == "gaussian" else f
 
     def unflatten(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -172,17 +180,28 @@ class FactorGGN:
         _, pullback = vjp(self.network, *self.point)
         return torch.cat([g.reshape(-1) for g in pullback(u)])
 
-    def output_hessian_product(self, u: torch.Tensor) -> torch.Tensor:
-        """:math:`\\Lambda u` per datum (``u`` of shape ``(N, O)``)."""
+    def output_hessian_product(self, u: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """:math:`\\Lambda u` per datum (``u`` of shape ``(N, O)``, or of the chunk ``rows``)."""
         if self.likelihood == "gaussian":
             return u / self.noise_scale**2
-        p = self.outputs.softmax(-1)
+        p = (self.outputs if rows is None else self.outputs[rows]).softmax(-1)
         return p * u - p * (p * u).sum(-1, keepdim=True)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """:math:`G v = J^\\top \\Lambda J v` (flat, length D); counted in :attr:`num_products`."""
+        """:math:`G v = J^\\top \\Lambda J v` (flat, length D), over data chunks of ``batch_size``; counted in
+        :attr:`num_products`."""
         self.num_products += 1
-        return self.vjp(self.output_hessian_product(self.jvp(v)))
+        num = self.outputs.shape[0]
+        if self.batch_size is None or self.batch_size >= num:
+            return self.vjp(self.output_hessian_product(self.jvp(v)))
+        tangent, total = self.unflatten(v), torch.zeros_like(v)
+        for start in range(0, num, self.batch_size):
+            rows = slice(start, min(start + self.batch_size, num))
+            chunk = lambda *t, rows=rows: self.network(*t, rows=rows)  # noqa: E731
+            ju = jvp(chunk, self.point, tangent)[1]
+            _, pullback = vjp(chunk, *self.point)
+            total = total + torch.cat([g.reshape(-1) for g in pullback(self.output_hessian_product(ju, rows))])
+        return total
 
     def sqrt_rows(self, chunk_size: int = 256) -> torch.Tensor:
         r"""The rows of :math:`R = M^\top J` (shape ``(N·O, D)``) with :math:`\Lambda_n = M_n M_n^\top`, so that

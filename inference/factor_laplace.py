@@ -137,6 +137,8 @@ class FactorLaplace:
         ``"lowrank"`` only: the prior variance 1/alpha in the directions outside the top-k eigenspace, or nothing.
     chunk_size : int
         Rows per batched reverse-mode pass of the ``"diag"`` structure.
+    batch_size : int, optional
+        Data chunk of the GGN-vector products (:class:`FactorGGN`): bounds their memory on large training sets.
 
     Attributes
     ----------
@@ -155,11 +157,12 @@ class FactorLaplace:
 
     def __init__(self, model: Callable, values: dict[str, torch.Tensor], x: torch.Tensor, *,
                  likelihood: str = "gaussian", noise_scale: float = 1.0, structure: str = "lowrank", rank: int = 20,
-                 prior_precision: float = 1.0, complement: str = "prior", chunk_size: int = 256) -> None:
+                 prior_precision: float = 1.0, complement: str = "prior", chunk_size: int = 256,
+                 batch_size: int | None = None) -> None:
         self.structure = check_choice(structure, "structure", STRUCTURES)
         self.complement = check_choice(complement, "complement", ("prior", "none"))
         self.model, self.likelihood, self.noise_scale = model, likelihood, float(noise_scale)
-        self.ggn = FactorGGN(model, values, x, likelihood=likelihood, noise_scale=noise_scale)
+        self.ggn = FactorGGN(model, values, x, likelihood=likelihood, noise_scale=noise_scale, batch_size=batch_size)
         self.layout = SiteLayout(values)
         self.mean = self.layout.flatten({k: v.detach() for k, v in values.items()})
         self.prior_precision = prior_precision
