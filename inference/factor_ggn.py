@@ -33,7 +33,8 @@ import torch
 from pyro.poutine.util import site_is_subsample
 from torch.func import jvp, vjp, vmap
 
-__all__ = ["FactorGGN", "SiteLayout", "gauge_tangent", "model_outputs", "top_eigenpairs"]
+__all__ = ["FactorGGN", "SiteLayout", "gauge_tangent", "model_outputs", "output_hessian_product", "output_matrix",
+           "top_eigenpairs"]
 
 
 class SiteLayout:
@@ -105,6 +106,25 @@ def model_outputs(model: Callable, values: dict[str, torch.Tensor], x: torch.Ten
     return trace.nodes["f"]["value"]
 
 
+def output_matrix(model: Callable, values: dict[str, torch.Tensor], x: torch.Tensor, likelihood: str, *,
+                  batched: bool = False, plate_depth: int = 1) -> torch.Tensor:
+    """:func:`model_outputs` as the matrix of outputs ``(..., N, O)`` (a Gaussian model's ``f`` gains O = 1), run
+    with gradients enabled: the layers' gradient-free fast path cannot see ``torch.func`` transform tensors."""
+    with torch.enable_grad():
+        f = model_outputs(model, values, x, batched=batched, plate_depth=plate_depth)
+    return f.unsqueeze(-1) if likelihood == "gaussian" else f
+
+
+def output_hessian_product(outputs: torch.Tensor, u: torch.Tensor, likelihood: str, noise_scale: float = 1.0
+                           ) -> torch.Tensor:
+    r""":math:`\Lambda_n u_n` per datum: :math:`u / \sigma^2` (Gaussian) or :math:`p \odot u - p\,(p^\top u)` with
+    :math:`p = \operatorname{softmax}` of ``outputs`` (categorical); ``outputs`` and ``u`` of shape ``(..., N, O)``."""
+    if likelihood == "gaussian":
+        return u / noise_scale**2
+    p = outputs.softmax(-1)
+    return p * u - p * (p * u).sum(-1, keepdim=True)
+
+
 class FactorGGN:
     """Matrix-free GGN :math:`J^\\top \\Lambda J` of a model's likelihood over the values of some of its latent sites.
 
@@ -140,10 +160,9 @@ class FactorGGN:
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         self.model, self.x, self.batch_size = model, x, batch_size
         self.likelihood, self.noise_scale = likelihood, float(noise_scale)
-        self.names = list(values)
+        self.layout = SiteLayout(values)
+        self.names = self.layout.names
         self.point = tuple(values[name].detach() for name in self.names)
-        self.shapes = [t.shape for t in self.point]
-        self.sizes = [t.numel() for t in self.point]
         self.num_products = 0
         with torch.no_grad():
             self.outputs = self.network(*self.point)
@@ -151,25 +170,23 @@ class FactorGGN:
     @property
     def num_parameters(self) -> int:
         """D, the length of the flattened parameter vector."""
-        return sum(self.sizes)
+        return self.layout.num_parameters
 
     def network(self, *tensors: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         """The outputs ``(N, O)`` at the site values ``tensors`` (in the order of ``names``); ``rows`` selects a
         chunk of the inputs."""
         inputs = self.x if rows is None else self.x[rows]
-        with torch.enable_grad():  # the layers' gradient-free fast path cannot see function-transform tensors
-            f = model_outputs(self.model, dict(zip(self.names, tensors)), inputs)
-        return f.unsqueeze(-1) if self.likelihood == "gaussian" else f
+        return output_matrix(self.model, dict(zip(self.names, tensors)), inputs, self.likelihood)
 
     def unflatten(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Split a flat vector of length D into tensors shaped like the site values."""
         if v.shape != (self.num_parameters,):
             raise ValueError(f"v must have shape ({self.num_parameters},), got {tuple(v.shape)}")
-        return tuple(part.reshape(shape) for part, shape in zip(v.split(self.sizes), self.shapes))
+        return tuple(self.layout.unflatten(v).values())
 
     def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         """Concatenate ``{site: tensor}`` (every site of ``names``) into a flat vector of length D."""
-        return torch.cat([tensors[name].reshape(-1) for name in self.names])
+        return self.layout.flatten(tensors)
 
     def jvp(self, v: torch.Tensor) -> torch.Tensor:
         """:math:`J v`, shape ``(N, O)``."""
@@ -182,10 +199,8 @@ class FactorGGN:
 
     def output_hessian_product(self, u: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         """:math:`\\Lambda u` per datum (``u`` of shape ``(N, O)``, or of the chunk ``rows``)."""
-        if self.likelihood == "gaussian":
-            return u / self.noise_scale**2
-        p = (self.outputs if rows is None else self.outputs[rows]).softmax(-1)
-        return p * u - p * (p * u).sum(-1, keepdim=True)
+        outputs = self.outputs if rows is None else self.outputs[rows]
+        return output_hessian_product(outputs, u, self.likelihood, self.noise_scale)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """:math:`G v = J^\\top \\Lambda J v` (flat, length D), over data chunks of ``batch_size``; counted in
@@ -228,12 +243,7 @@ class FactorGGN:
             data = slice(first, min(first + per_chunk, n))
             count = data.stop - data.start
 
-            def network(*tensors: torch.Tensor, inputs: torch.Tensor = self.x[data]) -> torch.Tensor:
-                with torch.enable_grad():
-                    f = model_outputs(self.model, dict(zip(self.names, tensors)), inputs)
-                return f.unsqueeze(-1) if self.likelihood == "gaussian" else f
-
-            _, pullback = vjp(network, *self.point)
+            _, pullback = vjp(lambda *t, rows=data: self.network(*t, rows=rows), *self.point)
             datum = torch.arange(count, device=like.device).repeat_interleave(o)
             column = torch.arange(o, device=like.device).repeat(count)
             cotangent = torch.zeros(count * o, count, o, dtype=like.dtype, device=like.device)

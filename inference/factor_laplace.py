@@ -56,7 +56,7 @@ from .factor_ggn import FactorGGN, SiteLayout, model_outputs, top_eigenpairs
 from .fit import FitResult, fit
 from .predict import max_plate_nesting
 
-__all__ = ["DEFAULT_NOISE_GRID", "FactorLaplace", "STRUCTURES", "fit_map", "lowrank_scale_noise", "predictive_log_density"]
+__all__ = ["DEFAULT_NOISE_GRID", "FactorLaplace", "STRUCTURES", "fit_map", "map_guide", "lowrank_scale_noise", "predictive_log_density"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,12 @@ STRUCTURES = ("lowrank", "diag", "full")
 DEFAULT_PRIOR_PRECISION_GRID = torch.logspace(-2, 6, 25, dtype=torch.float64)
 #: Observation noise scales searched jointly with alpha (Gaussian likelihood; the standardised scale).
 DEFAULT_NOISE_GRID = torch.logspace(-3, 1, 81, dtype=torch.float64)
+
+
+def map_guide(model: torch.nn.Module) -> AutoDelta:
+    """Pyro's ``AutoDelta`` guide (point masses) for the MAP, started at the layers' initialisation
+    (:func:`~pyro_lowrank.guides.init_to_factors`)."""
+    return AutoDelta(model, init_loc_fn=init_to_factors(model))
 
 
 def fit_map(model: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor], *,
@@ -76,7 +82,7 @@ def fit_map(model: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor], *,
 
     Returns ``(values, guide, fit_result)`` with ``values`` the detached MAP ``{site: tensor}``.
     """
-    guide = AutoDelta(model, init_loc_fn=init_to_factors(model))
+    guide = map_guide(model)
     fit_kwargs.setdefault("elbo", Trace_ELBO())
     result = fit(model, guide, data, val_data=val_data, **fit_kwargs)
     with torch.no_grad():

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from pyro_lowrank._validation import check_choice, check_positive_int
 
-from .factor_ggn import SiteLayout, model_outputs
+from .factor_ggn import SiteLayout, output_hessian_product, output_matrix
 from .predict import max_plate_nesting
 from .factor_laplace import lowrank_scale_noise
 
@@ -180,21 +180,15 @@ def batched_ggn_matvec(model: Callable, layout: SiteLayout, theta: torch.Tensor,
     point = tuple(layout.unflatten(theta).values())
 
     def network(*tensors: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():  # the layers' gradient-free fast path cannot see function-transform tensors
-            f = model_outputs(model, dict(zip(names, tensors)), x, batched=True, plate_depth=plate_depth)
-        return f.unsqueeze(-1) if likelihood == "gaussian" else f
+        return output_matrix(model, dict(zip(names, tensors)), x, likelihood, batched=True, plate_depth=plate_depth)
 
     outputs, pullback = vjp(network, *point)
     outputs = outputs.detach()
-    probs = outputs.softmax(-1) if likelihood == "categorical" else None
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
         tangent = tuple(layout.unflatten(v).values())
         ju = jvp(network, point, tangent)[1]
-        if probs is None:
-            lam = ju / noise_scale**2
-        else:
-            lam = probs * ju - probs * (probs * ju).sum(-1, keepdim=True)
+        lam = output_hessian_product(outputs, ju, likelihood, noise_scale)
         return layout.flatten(dict(zip(names, pullback(lam))))
 
     return matvec

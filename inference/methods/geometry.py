@@ -24,14 +24,12 @@ from typing import Any
 
 import torch
 from pyro.infer import Trace_ELBO
-from pyro.infer.autoguide import AutoDelta
 from torch import nn
 
 from pyro_lowrank._validation import check_choice, check_positive_int
-from pyro_lowrank.guides import init_to_factors
 
 from ..factor_ggn import SiteLayout, model_outputs
-from ..factor_laplace import DEFAULT_NOISE_GRID, STRUCTURES, FactorLaplace
+from ..factor_laplace import DEFAULT_NOISE_GRID, STRUCTURES, FactorLaplace, map_guide
 from ..fiber_walk import FiberFlow, walk_fiber
 from ..laplace_diffusion import DIFFUSION_VARIANTS, laplace_diffusion
 from ..predict import max_plate_nesting
@@ -58,7 +56,7 @@ class FactorMAPMethod(LowRankBNN):
 
     def build(self, train: Data) -> tuple[nn.Module, nn.Module]:
         model = self.place(self.make_model())
-        return model, AutoDelta(model, init_loc_fn=init_to_factors(model))
+        return model, map_guide(model)
 
     def make_elbo(self) -> Any:
         return Trace_ELBO()
